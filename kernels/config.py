@@ -1,0 +1,124 @@
+"""Launch configurations of our Triton kernels, per GPU architecture, stored as data.
+
+`kernels/configs/<arch>.json` (e.g. ``sm90.json``) is written by ``python -m harness tune`` and holds, for
+each kernel, entries keyed by what a best configuration depends on: head dim, dtype, sequence-length
+bucket and tile-length bucket. Kernels call `lookup` at launch; with no matching entry they fall back to a
+safe default and say so once. Nothing autotunes silently in the middle of a benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    block_m: int = 128  # query rows per program
+    block_n: int = 64  # keys per inner-loop step
+    num_warps: int = 8
+    num_stages: int = 3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def name(self) -> str:
+        return f"m{self.block_m}_n{self.block_n}_w{self.num_warps}_s{self.num_stages}"
+
+
+# Safe defaults: compile on every Triton target and every supported head dim; not tuned for speed.
+DEFAULTS = {
+    "hilberta": KernelConfig(block_m=128, block_n=64, num_warps=8, num_stages=3),
+    "sta": KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
+}
+CPU_DEFAULT = KernelConfig(block_m=32, block_n=32, num_warps=4, num_stages=1)  # interpreter: small blocks
+
+
+def config_space(head_dim: int) -> list[KernelConfig]:
+    """The sweep that `harness tune` searches; register pressure rules out big blocks at large head dims."""
+    space = []
+    for block_m in (64, 128):
+        for block_n in (32, 64, 128):
+            for num_warps in (4, 8):
+                for num_stages in (1, 2, 3, 4):
+                    if block_n > head_dim * 2 or (block_m == 128 and num_warps == 4 and block_n == 128):
+                        continue
+                    space.append(KernelConfig(block_m, block_n, num_warps, num_stages))
+    return space
+
+
+def device_arch(device: torch.device | str | None = None) -> str:
+    """``sm90`` for an H100/H200; ``cpu`` when there is no CUDA device (interpreter runs)."""
+    if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available():
+        return "cpu"
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm{major}{minor}"
+
+
+def seq_bucket(seq_len: int) -> int:
+    """Power-of-two bucket of the sequence length (4608 -> 4096, 16896 -> 16384)."""
+    return 1 << int(math.floor(math.log2(max(seq_len, 1))))
+
+
+def config_key(head_dim: int, dtype: torch.dtype | str, seq_len: int, tile_len: int) -> str:
+    dtype_name = str(dtype).replace("torch.", "")
+    return f"d{head_dim}_{dtype_name}_L{seq_bucket(seq_len)}_g{seq_bucket(tile_len)}"
+
+
+def config_path(arch: str) -> Path:
+    return CONFIG_DIR / f"{arch}.json"
+
+
+@lru_cache(maxsize=None)
+def _load_file(path: str, mtime: float) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_arch_file(arch: str) -> dict:
+    path = config_path(arch)
+    if not path.exists():
+        return {}
+    return _load_file(str(path), path.stat().st_mtime)
+
+
+_warned: set[tuple[str, str, str]] = set()
+
+
+def lookup(kernel: str, arch: str, key: str) -> tuple[KernelConfig, str]:
+    """The stored best config for (kernel, arch, key), else the default. Returns (config, source)."""
+    if arch == "cpu":
+        return CPU_DEFAULT, "cpu-interpreter default"
+    entries = load_arch_file(arch).get("kernels", {}).get(kernel, {})
+    entry = entries.get(key)
+    if entry is not None:
+        return KernelConfig(**entry["config"]), f"{config_path(arch).name}:{key}"
+    if (kernel, arch, key) not in _warned:
+        _warned.add((kernel, arch, key))
+        log.warning("no tuned %s config for %s %s; using the safe default %s (run `nox -s tune`)",
+                    kernel, arch, key, DEFAULTS[kernel].name)
+    return DEFAULTS[kernel], "default"
+
+
+def store(kernel: str, arch: str, key: str, config: KernelConfig, evidence: dict, meta: dict) -> Path:
+    """Write one tuned entry into ``configs/<arch>.json`` (atomically), keeping the other entries."""
+    path = config_path(arch)
+    data = load_arch_file(arch) or {"arch": arch, "kernels": {}}
+    data = json.loads(json.dumps(data))  # detach from the cache
+    data.setdefault("kernels", {}).setdefault(kernel, {})[key] = {
+        "config": config.to_dict(), **evidence, **meta}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
