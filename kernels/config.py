@@ -28,13 +28,16 @@ class KernelConfig:
     block_n: int = 64  # keys per inner-loop step
     num_warps: int = 8
     num_stages: int = 3
+    flat_loop: bool = False  # one pipelined loop over all key segments (masking every block) vs one per segment
+    tma: bool = False  # K/V through tensor descriptors (Hopper's bulk copy engine) instead of pointer loads
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @property
     def name(self) -> str:
-        return f"m{self.block_m}_n{self.block_n}_w{self.num_warps}_s{self.num_stages}"
+        flags = ("_flat" if self.flat_loop else "") + ("_tma" if self.tma else "")
+        return f"m{self.block_m}_n{self.block_n}_w{self.num_warps}_s{self.num_stages}{flags}"
 
 
 # Safe defaults: compile on every Triton target and every supported head dim; not tuned for speed.
