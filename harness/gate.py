@@ -1,0 +1,395 @@
+"""The performance gate: does a candidate run regress against a reference run of the same suite?
+
+`compare` matches the timed rows (kind ``kernel`` or ``e2e``) of two results files by their ``case`` id and
+gives each case one outcome (`OUTCOMES`). A case regresses only when the *whole* bootstrap confidence
+interval of the ratio of medians (candidate / reference, from the raw ``samples_ms``) lies above
+``1 + threshold`` AND a Mann-Whitney U test agrees (p < `ALPHA`): noise alone, or a change smaller than the
+threshold, never fails a merge (asv's rule, with a CI instead of a bare ratio). Incorrect output, a case that
+ran in the reference but fails or vanishes in the candidate, also fail. Runs from different GPU models or
+drivers are refused (exit 2) unless forced: their timings say nothing about the code.
+
+References live in ``suites/references/<gpu-slug>/<suite>.json`` (see suites/references/README.md);
+``--reference auto`` picks the one for the candidate's GPU and suite, and ``--update-reference`` stores
+the candidate there, on purpose and saying so. The default threshold comes from ``--threshold``, else
+the suite's ``[gate] threshold_pct``; the suite's ``[gate.overrides]`` (case-id glob -> percent) set
+per-case thresholds (`harness.suite.GateThresholds`).
+
+Outputs: exit code (0 pass, 1 fail, 2 unusable input or refused), ``verdict.json``, ``summary.md`` (a
+markdown table for ``$GITHUB_STEP_SUMMARY``, worst case first), and the same table printed.
+A/B mode (``--ab REV_A REV_B``) times two git revisions on one card and gates them the same way
+(`harness.abtest`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_THRESHOLD_PCT = 5.0
+ALPHA = 0.01  # Mann-Whitney significance a regression or improvement must also reach
+N_BOOT = 4000  # bootstrap resamples for the ratio's confidence interval
+GATED_KINDS = ("kernel", "e2e")
+# What two runs must share, as (label, fingerprint keys: the first one present counts).
+COMPARABLE_ENV = {"gpu_name": ("GPU model", ("gpu_name",)), "driver": ("driver", ("driver_version", "driver"))}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REFERENCES_DIR = REPO_ROOT / "suites" / "references"
+EXIT_PASS, EXIT_FAIL, EXIT_UNUSABLE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the gate concluded about one case; ``rank`` orders the summary, worst first."""
+
+    name: str
+    fails: bool
+    rank: int
+    meaning: str
+
+
+OUTCOMES = {o.name: o for o in (
+    Outcome("incorrect", True, 0, "the candidate's output failed the correctness check"),
+    Outcome("failed", True, 1, "ran in the reference, did not run in the candidate"),
+    Outcome("missing", True, 2, "in the reference, absent from the candidate"),
+    Outcome("regression", True, 3, "slower: the whole CI is above 1 + threshold and p < 0.01"),
+    Outcome("inconclusive", False, 4, "too few samples for the rank test to ever reach p < 0.01"),
+    Outcome("missing-allowed", False, 5, "absent or unavailable in the candidate, and allowed to be"),
+    Outcome("unchanged", False, 6, "no change beyond the threshold that the data can show"),
+    Outcome("improvement", False, 7, "faster: the whole CI is below 1 - threshold and p < 0.01"),
+    Outcome("new", False, 8, "only in the candidate"),
+    Outcome("not-compared", False, 9, "did not run in the reference"),
+)}
+
+
+# ---- inputs -------------------------------------------------------------------------------------------
+
+def gpu_slug(gpu_name: str | None) -> str:
+    """Folder name of a GPU model: ``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3``; no GPU -> cpu."""
+    if not gpu_name:
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
+
+
+def stored_reference_path(results: Mapping) -> Path:
+    """Where the reference for this run's GPU model and suite is stored."""
+    suite = results.get("suite")
+    if not suite:
+        raise ValueError("the candidate results name no suite, so no stored reference can be found for "
+                         "them; pass --reference PATH")
+    suite_name = Path(suite).stem  # a suite given as a path to its .toml
+    return REFERENCES_DIR / gpu_slug(_env_value(results, "gpu_name")) / f"{suite_name}.json"
+
+
+def _gated_rows(results: Mapping, label: str) -> dict[str, dict]:
+    if not isinstance(results, Mapping) or not isinstance(results.get("cases"), list):
+        raise ValueError(f"{label} is not a results file: expected a dict with a 'cases' list")
+    rows: dict[str, dict] = {}
+    for row in results["cases"]:
+        if row.get("kind") not in GATED_KINDS:
+            continue
+        case = row.get("case")
+        if not case:
+            raise ValueError(f"{label} has a {row.get('kind')} row without a 'case' id")
+        if case in rows:
+            raise ValueError(f"{label} has two rows with case id {case!r}")
+        rows[case] = row
+    return rows
+
+
+def _env_value(results: Mapping, what: str):
+    env = results.get("env") or {}
+    return next((env[key] for key in COMPARABLE_ENV[what][1] if env.get(key) is not None), None)
+
+
+def _run_info(results: Mapping) -> dict:
+    return {"run_id": results.get("run_id"), "suite": results.get("suite"), "created": results.get("created"),
+            **{what: _env_value(results, what) for what in COMPARABLE_ENV}}
+
+
+def _matches_any(case: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(case, pattern) for pattern in patterns)
+
+
+# ---- per-case decision ----------------------------------------------------------------------------------
+
+def _is_incorrect(row: Mapping) -> bool:
+    correctness = row.get("correctness") or {}
+    return row.get("status") == "incorrect" or correctness.get("passed") is False
+
+
+def _timed_outcome(ref: Mapping, cand: Mapping, threshold_pct: float, level: float, seed: int) -> dict:
+    from harness import stats
+
+    ref_ms, cand_ms = list(ref.get("samples_ms") or []), list(cand.get("samples_ms") or [])
+    fields: dict = {"ref_n": len(ref_ms), "cand_n": len(cand_ms)}
+    # the smallest p the test can give with these counts: that of two sets that do not overlap at all
+    best_p = stats.mann_whitney_u(range(len(ref_ms)), range(len(ref_ms), len(ref_ms) + len(cand_ms))) \
+        if ref_ms and cand_ms else 1.0
+    if best_p >= ALPHA:
+        return {**fields, "outcome": "inconclusive", "ref_median_ms": ref.get("median_ms"),
+                "cand_median_ms": cand.get("median_ms"),
+                "reason": f"{len(ref_ms)} + {len(cand_ms)} samples cannot reach p < {ALPHA}"}
+    ratio, lo, hi = stats.ratio_ci(ref_ms, cand_ms, level=level, n_boot=N_BOOT, seed=seed)
+    p_value = stats.mann_whitney_u(ref_ms, cand_ms)
+    bound = threshold_pct / 100.0
+    if lo > 1.0 + bound and p_value < ALPHA:
+        outcome = "regression"
+    elif hi < 1.0 - bound and p_value < ALPHA:
+        outcome = "improvement"
+    else:
+        outcome = "unchanged"
+    change = (ratio - 1.0) * 100.0
+    return {**fields, "outcome": outcome, "ratio": ratio, "ci": [lo, hi], "p_value": p_value,
+            "ref_median_ms": stats.summarize(ref_ms)["median_ms"],
+            "cand_median_ms": stats.summarize(cand_ms)["median_ms"],
+            "reason": f"{abs(change):.1f}% {'slower' if change >= 0 else 'faster'} "
+                      f"(CI {(lo - 1) * 100:+.1f}%..{(hi - 1) * 100:+.1f}%), p={p_value:.2g}"}
+
+
+def _case_outcome(ref: Mapping | None, cand: Mapping | None, threshold_pct: float, allowed_missing: bool,
+                  level: float, seed: int) -> dict:
+    if cand is not None and _is_incorrect(cand):
+        return {"outcome": "incorrect", "reason": cand.get("reason") or "correctness check failed"}
+    if ref is None:
+        return {"outcome": "new", "reason": None}
+    if ref.get("status") != "ok":
+        return {"outcome": "not-compared", "reason": f"reference status {ref.get('status')}"}
+    if cand is None:
+        return {"outcome": "missing-allowed" if allowed_missing else "missing",
+                "reason": "absent from the candidate"}
+    if cand.get("status") != "ok":
+        reason = f"candidate status {cand.get('status')}: {cand.get('reason') or 'no reason given'}"
+        # a method that cannot run here (optional package absent) counts as missing, a crash never does
+        if cand.get("status") == "unavailable" and allowed_missing:
+            return {"outcome": "missing-allowed", "reason": reason}
+        return {"outcome": "failed", "reason": reason}
+    return _timed_outcome(ref, cand, threshold_pct, level, seed)
+
+
+# ---- the comparison -------------------------------------------------------------------------------------
+
+def _refusal(reference: Mapping, candidate: Mapping, message: str) -> dict:
+    return {"schema": 1, "verdict": "refused", "exit_code": EXIT_UNUSABLE, "message": message,
+            "reference": _run_info(reference), "candidate": _run_info(candidate), "cases": [], "counts": {}}
+
+
+def _env_mismatch(reference: Mapping, candidate: Mapping) -> str | None:
+    ref, cand = _run_info(reference), _run_info(candidate)
+    differ = [label for what, (label, _) in COMPARABLE_ENV.items() if ref[what] != cand[what]]
+    if not differ:
+        return None
+    return (f"the reference ran on {ref['gpu_name']} (driver {ref['driver']}) and the candidate on "
+            f"{cand['gpu_name']} (driver {cand['driver']}): timings from a different {' and '.join(differ)} "
+            "are not comparable. Store a reference from this card (--update-reference) or pass --force to "
+            "compare anyway.")
+
+
+def compare(reference: Mapping, candidate: Mapping, threshold_pct: float = DEFAULT_THRESHOLD_PCT,
+            per_case: Mapping[str, float] | None = None, allow_missing: Iterable[str] = (),
+            force: bool = False, level: float = 0.95, seed: int = 0) -> dict:
+    """Gate ``candidate`` against ``reference`` (both loaded results dicts); returns the verdict dict.
+
+    ``per_case`` maps case-id globs to thresholds (percent) that override ``threshold_pct`` (the first
+    match wins, as in a suite's ``[gate.overrides]``);
+    ``allow_missing`` holds case ids or glob patterns that may be absent (or unavailable) in the candidate.
+    The verdict's ``exit_code`` is 0 (pass), 1 (fail) or 2 (refused: different GPU/driver, nothing to compare).
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if threshold_pct < 0:
+        raise ValueError(f"threshold_pct must be >= 0, got {threshold_pct}")
+    from harness.suite import GateThresholds
+
+    thresholds = GateThresholds(threshold_pct, dict(per_case or {}))
+    allow_missing = tuple(allow_missing)
+    ref_rows, cand_rows = _gated_rows(reference, "the reference"), _gated_rows(candidate, "the candidate")
+    mismatch = _env_mismatch(reference, candidate)
+    if mismatch and not force:
+        return _refusal(reference, candidate, f"Refused: {mismatch}")
+    if not ref_rows and not cand_rows:
+        return _refusal(reference, candidate, "Refused: neither run has kernel or e2e cases to compare.")
+
+    cases = []
+    for case in [*ref_rows, *(c for c in cand_rows if c not in ref_rows)]:
+        ref, cand = ref_rows.get(case), cand_rows.get(case)
+        threshold = thresholds.threshold_for(case)
+        row = ref or cand
+        entry = {"case": case, "kind": row.get("kind"), "method": row.get("method"), "threshold_pct": threshold,
+                 **_case_outcome(ref, cand, threshold, _matches_any(case, allow_missing), level, seed)}
+        entry["fails"] = OUTCOMES[entry["outcome"]].fails
+        cases.append(entry)
+    cases.sort(key=lambda e: (OUTCOMES[e["outcome"]].rank, -(e.get("ratio") or 0.0), e["case"]))
+
+    counts = Counter(e["outcome"] for e in cases)
+    failing = sum(e["fails"] for e in cases)
+    passed = failing == 0
+    tally = ", ".join(f"{counts[name]} {name}" for name in OUTCOMES if counts[name])
+    message = f"{'PASS' if passed else 'FAIL'}: {failing} of {len(cases)} cases fail ({tally})"
+    return {"schema": 1, "verdict": "pass" if passed else "fail", "exit_code": EXIT_PASS if passed else EXIT_FAIL,
+            "message": message, "warning": f"Forced: {mismatch}" if mismatch else None, "forced": bool(mismatch),
+            "threshold_pct": threshold_pct, "per_case_thresholds": dict(thresholds.overrides),
+            "allow_missing": list(allow_missing), "alpha": ALPHA, "level": level,
+            "reference": _run_info(reference), "candidate": _run_info(candidate), "counts": dict(counts),
+            "cases": cases}
+
+
+# ---- outputs --------------------------------------------------------------------------------------------
+
+def _fmt(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def _run_line(info: Mapping) -> str:
+    return (f"run `{info.get('run_id')}` (suite {info.get('suite')}) on {info.get('gpu_name') or 'no GPU'}, "
+            f"driver {info.get('driver') or 'n/a'}")
+
+
+def summary_markdown(verdict: Mapping) -> str:
+    """The verdict as markdown: a headline, the two runs, the rule, and one table row per case, worst first."""
+    head = {"pass": "✅ Performance gate passed", "fail": "❌ Performance gate failed",
+            "refused": "⚠️ Performance gate refused"}[verdict["verdict"]]
+    lines = [f"## {head}", "", verdict["message"], ""]
+    if verdict.get("warning"):
+        lines += [f"> **{verdict['warning']}**", ""]
+    lines += [f"- Reference: {_run_line(verdict['reference'])}", f"- Candidate: {_run_line(verdict['candidate'])}"]
+    if verdict["verdict"] == "refused":
+        return "\n".join(lines) + "\n"
+    lines += [f"- Rule: regression when the whole {verdict['level']:.0%} CI of the median ratio (candidate / "
+              f"reference) is above 1 + threshold and Mann-Whitney p < {verdict['alpha']}; "
+              f"default threshold {verdict['threshold_pct']:g}%", "",
+              "| Case | Outcome | Ratio | CI | p | Ref median ms | Cand median ms | Threshold | Note |",
+              "|---|---|---:|---|---:|---:|---:|---:|---|"]
+    for e in verdict["cases"]:
+        outcome = f"**{e['outcome']}**" if e["fails"] else e["outcome"]
+        ci = f"[{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]" if e.get("ci") else ""
+        note = "" if e.get("ratio") is not None else (e.get("reason") or "").replace("|", "\\|")
+        lines.append(f"| `{e['case']}` | {outcome} | {_fmt(e.get('ratio'), '.3f')} | {ci} "
+                     f"| {_fmt(e.get('p_value'), '.2g')} | {_fmt(e.get('ref_median_ms'), '.4g')} "
+                     f"| {_fmt(e.get('cand_median_ms'), '.4g')} | {e['threshold_pct']:g}% | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(verdict: Mapping, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``verdict.json`` and ``summary.md`` into ``out_dir``; returns their paths."""
+    from harness.results import write_json_atomic
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    verdict_path, summary_path = out / "verdict.json", out / "summary.md"
+    write_json_atomic(verdict_path, verdict)
+    summary_path.write_text(summary_markdown(verdict))
+    return verdict_path, summary_path
+
+
+def store_reference(candidate: Mapping, source: str) -> Path:
+    """Copy a candidate run into its stored-reference place; refuses runs that could not gate anything."""
+    rows = _gated_rows(candidate, "the candidate")
+    incorrect = sorted(case for case, row in rows.items() if _is_incorrect(row))
+    if incorrect:
+        raise ValueError(f"not storing a reference with incorrect cases: {', '.join(incorrect)}")
+    if not any(row.get("status") == "ok" for row in rows.values()):
+        raise ValueError("not storing a reference without a single ok kernel or e2e case")
+    from harness.results import utc_now, write_json_atomic
+
+    path = stored_reference_path(candidate)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {**candidate, "stored_reference": {"source": source, "stored": utc_now()}})
+    return path
+
+
+# ---- command line ----------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from harness import abtest
+
+    parser.add_argument("--reference", metavar="A",
+                        help="results dir or file, a stored reference, or 'auto' (the stored reference for "
+                             "the candidate's GPU model and suite)")
+    parser.add_argument("--candidate", metavar="B", help="results dir or file to gate")
+    parser.add_argument("--threshold", type=float, default=None, metavar="PCT",
+                        help=f"default threshold in percent (else the suite's [gate] threshold_pct, "
+                             f"else {DEFAULT_THRESHOLD_PCT:g})")
+    parser.add_argument("--allow-missing", nargs="*", default=[], metavar="CASE",
+                        help="case ids or glob patterns that may be absent or unavailable in the candidate")
+    parser.add_argument("--force", action="store_true", help="compare runs from different GPU models/drivers")
+    parser.add_argument("--level", type=float, default=0.95, help="confidence level of the ratio's CI")
+    parser.add_argument("--out", metavar="DIR",
+                        help="where verdict.json and summary.md go (default: the candidate's results dir)")
+    parser.add_argument("--update-reference", action="store_true",
+                        help="store the candidate as the reference for its GPU model and suite")
+    abtest.add_arguments(parser)
+
+
+def _default_out(candidate: str) -> Path:
+    path = Path(candidate)
+    return path if path.is_dir() else path.parent
+
+
+def gate_settings(args: argparse.Namespace, suite: str | None) -> dict:
+    """compare()'s keyword arguments from the command line and the suite's ``[gate]`` table (when the
+    suite still exists: a stored run may outlive its suite file)."""
+    from harness.suite import SuiteError, load_suite, suite_path
+
+    gate = None
+    if suite:
+        try:
+            suite_path(suite)
+        except SuiteError as exc:
+            print(f"gate: no per-suite thresholds ({exc})")
+        else:
+            gate = load_suite(suite).gate
+    default_pct = gate.threshold_pct if gate else DEFAULT_THRESHOLD_PCT
+    return {"threshold_pct": args.threshold if args.threshold is not None else default_pct,
+            "per_case": dict(gate.overrides) if gate else {}, "allow_missing": args.allow_missing,
+            "force": args.force, "level": args.level}
+
+
+def report(verdict: Mapping, out_dir: str | os.PathLike) -> int:
+    """Write the outputs, print the table and where it went; returns the verdict's exit code."""
+    verdict_path, summary_path = write_outputs(verdict, out_dir)
+    print(summary_markdown(verdict))
+    print(f"wrote {verdict_path} and {summary_path}")
+    return verdict["exit_code"]
+
+
+def _gate_files(args: argparse.Namespace) -> int:
+    from harness.results import load_results
+
+    candidate = load_results(args.candidate)
+    ref_path = stored_reference_path(candidate) if args.reference in (None, "auto") else Path(args.reference)
+    code = EXIT_PASS
+    if ref_path.exists():
+        verdict = compare(load_results(ref_path), candidate, **gate_settings(args, candidate.get("suite")))
+        verdict["reference"]["source"], verdict["candidate"]["source"] = str(ref_path), str(args.candidate)
+        code = report(verdict, args.out or _default_out(args.candidate))
+    elif not args.update_reference:
+        print(f"gate: no reference at {ref_path}. To make this run the reference for its GPU and suite: "
+              f"python -m harness gate --candidate {args.candidate} --update-reference")
+        return EXIT_UNUSABLE
+    if args.update_reference:  # a deliberate refresh: the comparison above was for information
+        stored = store_reference(candidate, str(args.candidate))
+        print(f"gate: stored run {candidate.get('run_id')} as the reference for "
+              f"{_env_value(candidate, 'gpu_name') or 'no GPU'} / {candidate.get('suite')} in {stored} "
+              "(commit it to make CI gate against it)")
+        return EXIT_PASS
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.ab:
+        from harness import abtest
+
+        return abtest.run(args)
+    if not args.candidate or not (args.reference or args.update_reference):
+        print("gate: give --candidate and --reference (or --update-reference), or --ab REV_A REV_B --suite NAME")
+        return EXIT_UNUSABLE
+    try:
+        return _gate_files(args)
+    except (OSError, ValueError) as exc:
+        print(f"gate: unusable input: {exc}")
+        return EXIT_UNUSABLE

@@ -1,0 +1,67 @@
+"""Render a results directory into one self-contained HTML page (``report.html``).
+
+The page loads nothing from anywhere: plotly.js is inlined once in the head, CSS is inlined, figures are
+embedded with ``include_plotlyjs=False``. The jinja2 environment autoescapes everything and fails on any
+undefined variable; the only trusted fragments are plotly's divs and the plotly.js bundle, marked with
+`markupsafe.Markup` in Python.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+
+import plotly
+import plotly.offline
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
+
+from reports.figures import OUTCOME_COLOURS
+from reports.run import Run
+from reports.sections import build_sections
+from reports.tables import css_token
+
+REPORT_FILE = "report.html"
+
+
+@lru_cache(maxsize=1)
+def plotly_js() -> Markup:
+    """The plotly.js bundle shipped with plotly.py (contains no ``</script>``)."""
+    return Markup(plotly.offline.get_plotlyjs())
+
+
+@lru_cache(maxsize=1)
+def environment() -> Environment:
+    return Environment(loader=PackageLoader("reports", "templates"), autoescape=select_autoescape(default=True),
+                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def render_report(run: Run, reference: Run | None = None) -> str:
+    """The report page of ``run`` as a string (compared against ``reference`` when given)."""
+    template = environment().get_template("report.html")
+    return template.render(
+        title=f"HilbertA benchmark: {run.name}",
+        run=run,
+        sections=build_sections(run, reference),
+        plotly_js=plotly_js(),
+        plotly_version=plotly.__version__,
+        outcome_colours={css_token(name): colour for name, colour in OUTCOME_COLOURS.items()},
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+
+
+def build_report(results_dir: str | Path, compare_dir: str | Path | None = None,
+                 out_path: str | Path | None = None) -> Path:
+    """Write the report of ``results_dir`` (to ``results_dir/report.html`` unless ``out_path``) and return its path.
+
+    ``compare_dir`` is a reference run: the report then compares this run against it.
+    """
+    run = Run.load(results_dir)
+    reference = Run.load(compare_dir) if compare_dir is not None else None
+    out = Path(out_path) if out_path is not None else run.directory / REPORT_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(render_report(run, reference), encoding="utf-8")
+    tmp.replace(out)
+    return out
