@@ -185,30 +185,34 @@ def hilbert_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout:
                       scale: float | None = None) -> torch.Tensor:
     """Softmax attention under HilbertA's mask for ``layer``; q, k, v [B, H, L, D] in the permuted order."""
     _check_inputs(q, k, v, layout, layer)
-    batch, heads, _, head_dim = q.shape
     if config is None:
-        config, _ = default_config(layout, head_dim, q.dtype, q.device)
-    table = block_table(layout, layer, config.block_m, q.device)
+        config, _ = default_config(layout, q.shape[-1], q.dtype, q.device)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    launch(q, k, v, out, block_table(layout, layer, config.block_m, q.device), config, scale)
+    return out
+
+
+def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, table: torch.Tensor,
+           config: KernelConfig, scale: float | None = None) -> None:
+    """Run the kernel over the query blocks of ``table`` (all of a layout's, or a subset of them: the
+    kernel benchmark times shared and local rows apart this way). Inputs are not checked here."""
+    batch, heads, seq_len, head_dim = q.shape
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
-    grid = (batch * heads, table.shape[0])
     use_tma = config.tma and k.is_contiguous() and v.is_contiguous()
     if use_tma:  # K and V as [B*H*L, D] tensors read by the bulk copy engine, a BLOCK_N x D box at a time
         k_arg = TensorDescriptor.from_tensor(k.view(-1, head_dim), [config.block_n, head_dim])
         v_arg = TensorDescriptor.from_tensor(v.view(-1, head_dim), [config.block_n, head_dim])
     else:
         k_arg, v_arg = k, v
-    _hilberta_fwd[grid](
-        q, k_arg, v_arg, out, table, scale * 1.4426950408889634, layout.seq_len,  # log2(e): the kernel uses exp2
+    _hilberta_fwd[(batch * heads, table.shape[0])](
+        q, k_arg, v_arg, out, table, scale * 1.4426950408889634, seq_len,  # log2(e): the kernel uses exp2
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), heads,
         HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         NUM_SEGMENTS=(TABLE_COLUMNS - 2) // 2, TABLE_COLS=TABLE_COLUMNS, FLAT_LOOP=config.flat_loop,
-        USE_TMA=use_tma,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        USE_TMA=use_tma, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
-    return out
 
 
 def hilbert_attention_computed_pairs(layout: HilbertLayout, layer: int, config: KernelConfig) -> int:

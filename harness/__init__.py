@@ -1,0 +1,7 @@
+"""Measurement and orchestration for hilberta-bench.
+
+Suites (``suites/*.toml``) become cases (problem x method x sliding phase); the runner checks each case
+against the exact reference, times the methods of one problem interleaved in rounds, adds power, memory
+traffic and locality where asked, and writes ``results/<run-id>/results.json``. Entry point:
+``python -m harness`` (see `harness.cli`).
+"""

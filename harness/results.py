@@ -1,0 +1,182 @@
+"""The results directory: ``results.json`` (schema 1), ``env.json`` and the pytest-benchmark export.
+
+`ResultsFile` rewrites ``results.json`` atomically (temp file + ``os.replace``) after every case, so an
+interrupted run always leaves a complete, loadable file holding the cases finished so far. Values that
+are not finite (an infinite relative error, say) are written as ``null``: the file is strict JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+RESULTS_NAME = "results.json"
+ENV_NAME = "env.json"
+PYTEST_BENCHMARK_NAME = "pytest-benchmark.json"
+STATUSES = ("ok", "incorrect", "failed", "skipped", "unavailable")
+
+
+class ResultsError(ValueError):
+    """A results file that is missing, unreadable or of another schema version."""
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _finite(value):
+    """``value`` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(_finite(data), f, indent=1, allow_nan=False, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C included: leave the old file and no temp file behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class ResultsFile:
+    """``results.json`` of one run, rewritten after every change."""
+
+    def __init__(self, path: str | Path, run_id: str, suite: str, policy: dict | None = None,
+                 extra: dict | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.data = {"schema": SCHEMA_VERSION, "run_id": run_id, "suite": suite, "created": utc_now(),
+                     "env": {}, "policy": policy or {}, **(extra or {}), "cases": []}
+        self._flush()
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+    @property
+    def cases(self) -> list[dict]:
+        return self.data["cases"]
+
+    def _flush(self) -> None:
+        write_json_atomic(self.path, self.data)
+
+    def write_env(self, env: dict) -> None:
+        """Record the environment fingerprint in results.json and, on its own, in env.json."""
+        self.data["env"] = env
+        write_json_atomic(self.directory / ENV_NAME, env)
+        self._flush()
+
+    def add_case(self, row: dict) -> None:
+        """Append one case row (its ``case`` id must be new in this run)."""
+        if row.get("status") not in STATUSES:
+            raise ValueError(f"case {row.get('case')!r}: status {row.get('status')!r} is not one of {STATUSES}")
+        if any(existing["case"] == row["case"] for existing in self.cases):
+            raise ValueError(f"case {row['case']!r} is already in {self.path}")
+        self.cases.append(row)
+        self._flush()
+
+    def update_cases(self, rows: list[dict]) -> None:
+        """Replace rows already added (matched by ``case`` id), e.g. once derived metrics are known."""
+        index = {row["case"]: i for i, row in enumerate(self.cases)}
+        for row in rows:
+            self.cases[index[row["case"]]] = row
+        self._flush()
+
+    def set(self, **fields) -> None:
+        """Set top-level fields (``finished``, ``complete``, ...)."""
+        self.data.update(fields)
+        self._flush()
+
+
+def load_results(path_or_dir: str | Path) -> dict:
+    """A results dict from ``results.json`` or the run directory holding it; checks the schema version."""
+    path = Path(path_or_dir)
+    if path.is_dir():
+        path = path / RESULTS_NAME
+    if not path.is_file():
+        raise ResultsError(f"no results file at {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ResultsError(f"{path} is not valid JSON: {exc}") from None
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema != SCHEMA_VERSION:
+        raise ResultsError(f"{path} has results schema {schema!r}; this harness reads schema {SCHEMA_VERSION}"
+                           + (" (re-run the suite with this version)" if schema is not None else ""))
+    if not isinstance(data.get("cases"), list):
+        raise ResultsError(f"{path} has no 'cases' list")
+    return data
+
+
+# ---- pytest-benchmark export -------------------------------------------------------------------------------
+
+def _timed_rows(results: dict) -> Iterator[dict]:
+    for row in results["cases"]:
+        if row.get("samples_ms"):
+            yield row
+
+
+def _machine_info(env: dict) -> dict:
+    """pytest-benchmark's machine_info keys, filled from our fingerprint where it has them."""
+    info = {"node": platform.node(), "processor": platform.processor(), "machine": platform.machine(),
+            "python_implementation": platform.python_implementation(),
+            "python_version": platform.python_version(), "python_compiler": platform.python_compiler(),
+            "release": platform.release(), "system": platform.system(), "cpu": {}}
+    return {**info, "gpu": env}
+
+
+def _commit_info(env: dict) -> dict:
+    git = env.get("git", {}) if isinstance(env.get("git"), dict) else {}
+    return {"id": git.get("commit") or env.get("git_commit") or "unknown",
+            "dirty": bool(git.get("dirty", env.get("git_dirty", False))),
+            "project": "hilberta-bench", "branch": git.get("branch")}
+
+
+def export_pytest_benchmark(results: dict, path: str | Path) -> Path:
+    """Write the timed cases in pytest-benchmark's JSON format (times in seconds), for its tooling
+    (``pytest-benchmark compare``) and dashboards that read it."""
+    from pytest_benchmark import __version__ as pb_version
+    from pytest_benchmark.stats import Stats  # the project depends on pytest-benchmark: same statistics
+
+    benchmarks = []
+    for row in _timed_rows(results):
+        stats = Stats()
+        for ms in row["samples_ms"]:
+            stats.update(ms / 1e3)
+        problem = row.get("problem", {})
+        benchmarks.append({
+            "group": problem.get("resolution"),
+            "name": row["case"],
+            "fullname": f"{results.get('suite')}::{row['case']}",
+            "params": {"method": row.get("method"), **problem},
+            "param": row["case"],
+            "extra_info": {key: row.get(key) for key in ("status", "backend", "density", "tflops", "derived",
+                                                          "correctness") if row.get(key) is not None},
+            "options": {"timer": results.get("policy", {}).get("timer", "harness.timing"), "min_rounds": None,
+                        "max_time": None, "min_time": None, "warmup": True, "disable_gc": False},
+            "stats": {**stats.as_dict(), "data": list(stats.data), "iterations": 1},
+        })
+    env = results.get("env", {})
+    data = {"machine_info": _machine_info(env), "commit_info": _commit_info(env), "benchmarks": benchmarks,
+            "datetime": results.get("created") or utc_now(), "version": pb_version}
+    path = Path(path)
+    write_json_atomic(path, data)
+    return path
