@@ -66,7 +66,19 @@ def gpu_properties(device: torch.device) -> dict:
 
 
 def git_state(root: Path = PROJECT_ROOT) -> dict:
-    """``{"commit", "dirty", "reason"}``; dirty means tracked files differ from the commit. Read only."""
+    """``{"commit", "dirty", "reason"}``; dirty means tracked files differ from the commit. Read only.
+
+    A tree copied without its history (as onto a lent GPU machine) can name its commit in
+    HILBERTA_GIT_COMMIT (and HILBERTA_GIT_DIRTY=1 when it had changes); that is used when git cannot tell.
+    """
+    state = _git_state(root)
+    if state["commit"] is None and os.environ.get("HILBERTA_GIT_COMMIT"):
+        return {"commit": os.environ["HILBERTA_GIT_COMMIT"], "dirty": os.environ.get("HILBERTA_GIT_DIRTY") == "1",
+                "reason": f"from HILBERTA_GIT_COMMIT; git said: {state['reason']}"}
+    return state
+
+
+def _git_state(root: Path) -> dict:
     git = shutil.which("git")
     if git is None:
         return {"commit": None, "dirty": None, "reason": "git is not installed"}

@@ -46,6 +46,8 @@ NCU_METRICS = {
 UNIT_SCALE = {
     "byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "Tbyte": 1e12,
     "nsecond": 1.0, "usecond": 1e3, "msecond": 1e6, "second": 1e9,
+    # with --print-units base, ncu 2025+ writes the short forms (seen on an H100: "ns")
+    "B": 1.0, "ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9,
 }
 # Error codes ncu prints when it cannot profile, and what they mean.
 KNOWN_NCU_ERRORS = {

@@ -49,15 +49,20 @@ CPU_DEFAULT = KernelConfig(block_m=32, block_n=32, num_warps=4, num_stages=1)  #
 
 
 def config_space(head_dim: int) -> list[KernelConfig]:
-    """The sweep that `harness tune` searches; register pressure rules out big blocks at large head dims."""
+    """The sweep that `harness tune` searches for HilbertA. Pruned by what an H100 showed (2026-11-27,
+    scratch sweep of 24 configs at the Flux shapes): 32-key blocks and 8 warps on 64-row blocks were never
+    close to the best; 4 stages of 128-key blocks do not fit in shared memory at head dim 128."""
     space = []
-    for block_m in (64, 128):
-        for block_n in (32, 64, 128):
-            for num_warps in (4, 8):
-                for num_stages in (1, 2, 3, 4):
-                    if block_n > head_dim * 2 or (block_m == 128 and num_warps == 4 and block_n == 128):
-                        continue
-                    space.append(KernelConfig(block_m, block_n, num_warps, num_stages))
+    for block_m, num_warps in ((128, 8), (128, 4), (64, 4)):
+        for block_n in (64, 128):
+            if block_n > 2 * head_dim or (num_warps == 4 and block_m == 128 and block_n == 128):
+                continue
+            for num_stages in (2, 3, 4):
+                if num_stages == 4 and block_n == 128:
+                    continue
+                for flat_loop in (False, True):
+                    for tma in (False, True):
+                        space.append(KernelConfig(block_m, block_n, num_warps, num_stages, flat_loop, tma))
     return space
 
 
