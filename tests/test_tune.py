@@ -9,6 +9,7 @@ import importlib
 import json
 import os
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -275,7 +276,7 @@ def test_real_kernel_tunes_in_the_interpreter_and_its_lookup_returns_the_winner(
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("the CPU path of the Triton kernels needs TRITON_INTERPRET=1")
     space = [KernelConfig(16, 16, 4, 1), KernelConfig(32, 32, 8, 1)]
-    monkeypatch.setattr(kconfig, "config_space", lambda head_dim: space)
+    monkeypatch.setitem(tune.TARGETS, kernel, replace(tune.TARGETS[kernel], space=lambda head_dim, _: space))
     monkeypatch.setattr(kconfig, "CONFIG_DIR", tmp_path / "configs")
     (tmp_path / "configs").mkdir()
     for module in (kconfig, importlib.import_module(kernel_module)):  # a GPU architecture, not "cpu"
