@@ -126,6 +126,7 @@ def store(kernel: str, arch: str, key: str, config: KernelConfig, evidence: dict
     data = json.loads(json.dumps(data))  # detach from the cache
     data.setdefault("kernels", {}).setdefault(kernel, {})[key] = {
         "config": config.to_dict(), **evidence, **meta}
+    path.parent.mkdir(parents=True, exist_ok=True)  # an empty folder does not travel with a git checkout
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
