@@ -415,6 +415,34 @@ def tune(kernels: Sequence[str], args: argparse.Namespace, plan: TunePlan, devic
     return outcomes, results.path
 
 
+def store_from_results(path: Path) -> list[Path]:
+    """Store the winners of a finished tune run from its results file alone: for a tune that ran on a
+    remote GPU runner whose results came back but whose ``kernels/configs`` did not. The evidence is
+    recomputed from the chosen and default rows' raw samples, exactly as `tune` computes it."""
+    from harness import stats
+    from harness.results import load_results
+
+    data = load_results(path)
+    rows = [r for r in data["cases"] if r.get("kind") == "tune" and r.get("status") == "ok"]
+    arch = (data.get("policy") or {}).get("arch")
+    if not arch or arch == "cpu":
+        raise ValueError(f"{path}: not a GPU tune run (arch {arch!r})")
+    written = []
+    for best in (r for r in rows if r["extra"].get("chosen")):
+        key = best["extra"]["key"]
+        default = next((r for r in rows if r["extra"].get("key") == key and r["extra"].get("default")), None)
+        evidence = {"median_ms": best["median_ms"], "ci95_ms": best["ci95_ms"],
+                    "default_median_ms": default["median_ms"] if default else None,
+                    "speedup_vs_default": 1.0 if default is best else None,
+                    "candidates": sum(r["extra"].get("key") == key for r in rows)}
+        if default is not None and default is not best:
+            ratio, lo, hi = stats.ratio_ci(best["samples_ms"], default["samples_ms"])
+            evidence.update(speedup_vs_default=ratio, speedup_ci95=[lo, hi])
+        meta = {**_meta(data["env"]), "date": data["created"][:10], "from_results": data["run_id"]}
+        written.append(kconfig.store(best["family"], arch, key, KernelConfig(**best["params"]), evidence, meta))
+    return written
+
+
 # ---- command line -----------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -431,6 +459,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-s", type=float, default=TunePlan.budget_s, help="cap on the whole tune (seconds)")
     parser.add_argument("--out", metavar="DIR", help="results dir (default results/tune-<arch>-<time>)")
     parser.add_argument("--dry-run", action="store_true", help="list the problems, the space and the plan")
+    parser.add_argument("--store-from", metavar="DIR", type=Path,
+                        help="store the winners of a finished tune run (its results dir) instead of tuning")
     parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=True,
                         help="store the winners in kernels/configs/<arch>.json (default: yes)")
 
@@ -441,6 +471,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.dry_run:
             print("\n".join(plan_lines(kernels, args, plan)))
+            return 0
+        if args.store_from:
+            for path in store_from_results(args.store_from):
+                print(f"stored into {path}")
             return 0
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
