@@ -90,7 +90,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(venv_params=VENV_PARAMS, default=False)
 def smoke(session: nox.Session) -> None:
     """The whole pipeline on CPU in about a minute (suite `smoke`), then the HTML report."""
-    _setup(session, cpu_torch=True)
+    _setup(session, extras="test", cpu_torch=True)  # the test extra pins what Triton's interpreter needs
     _harness(session, "run", "smoke", "--device", "cpu", "--report", *session.posargs, env={"TRITON_INTERPRET": "1"})
 
 

@@ -158,17 +158,22 @@ def throughput_bars(summary: pd.DataFrame) -> go.Figure:
     return _styled(fig, "Throughput: dense-equivalent and effective TFLOP/s", barmode="group")
 
 
+def _scatter_by_family(fig: go.Figure, frame: pd.DataFrame, x: str, y: str, hover: str) -> None:
+    """One marker trace per method family, each point labelled with its method and resolution."""
+    for family, group in frame.groupby("family", sort=False, dropna=False):
+        fig.add_trace(go.Scatter(
+            x=group[x], y=group[y], mode="markers", name=plot_text(family),
+            marker=dict(size=11, color=family_colour(family)),
+            text=[f"{plot_text(label)} @ {plot_text(res)}" for label, res in zip(group["label"], group["resolution"])],
+            hovertemplate=f"%{{text}}<br>{hover}<extra></extra>",
+        ))
+
+
 def speed_vs_density(summary: pd.DataFrame) -> go.Figure:
     """Speedup over the fastest dense kernel against token density; the ideal is 1 / density."""
     rows = summary.dropna(subset=["token_density", "speedup"])
     fig = go.Figure()
-    for family, group in rows.groupby("family", sort=False, dropna=False):
-        fig.add_trace(go.Scatter(
-            x=group["token_density"], y=group["speedup"], mode="markers", name=plot_text(family),
-            marker=dict(size=11, color=family_colour(family)),
-            text=[f"{plot_text(label)} @ {plot_text(res)}" for label, res in zip(group["label"], group["resolution"])],
-            hovertemplate="%{text}<br>density %{x:.1%}, speedup %{y:.2f}×<extra></extra>",
-        ))
+    _scatter_by_family(fig, rows, "token_density", "speedup", "density %{x:.1%}, speedup %{y:.2f}×")
     low = max(min(rows["token_density"].min(), 1.0), 0.02)
     ideal_x = np.linspace(low, 1.0, 60)
     fig.add_trace(go.Scatter(x=ideal_x, y=1.0 / ideal_x, mode="lines", name="ideal: 1 / density",
@@ -215,13 +220,7 @@ def traffic_bars(traffic: pd.DataFrame) -> go.Figure:
 def roofline(points: pd.DataFrame, ceilings: Mapping | None) -> go.Figure:
     """Achieved effective TFLOP/s against arithmetic intensity (effective FLOPs / DRAM bytes), log-log."""
     fig = go.Figure()
-    for family, group in points.groupby("family", sort=False, dropna=False):
-        fig.add_trace(go.Scatter(
-            x=group["intensity"], y=group["tflops_effective"], mode="markers", name=plot_text(family),
-            marker=dict(size=11, color=family_colour(family)),
-            text=[f"{plot_text(label)} @ {plot_text(res)}" for label, res in zip(group["label"], group["resolution"])],
-            hovertemplate="%{text}<br>%{x:.3g} FLOP/B, %{y:.4g} TFLOP/s<extra></extra>",
-        ))
+    _scatter_by_family(fig, points, "intensity", "tflops_effective", "%{x:.3g} FLOP/B, %{y:.4g} TFLOP/s")
     if ceilings:
         ridge = ceilings["tflops"] * 1e3 / ceilings["gbps"]  # FLOP/byte where the two ceilings meet
         low = min(points["intensity"].min(), ridge) / 4
