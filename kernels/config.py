@@ -30,13 +30,14 @@ class KernelConfig:
     num_stages: int = 3
     flat_loop: bool = False  # one pipelined loop over all key segments (masking every block) vs one per segment
     tma: bool = False  # K/V through tensor descriptors (Hopper's bulk copy engine) instead of pointer loads
+    head_major: bool = False  # schedule blocks head by head (heavy ones first) instead of all heads together
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @property
     def name(self) -> str:
-        flags = ("_flat" if self.flat_loop else "") + ("_tma" if self.tma else "")
+        flags = ("_flat" if self.flat_loop else "") + ("_tma" if self.tma else "") + ("_hm" if self.head_major else "")
         return f"m{self.block_m}_n{self.block_n}_w{self.num_warps}_s{self.num_stages}{flags}"
 
 
@@ -49,20 +50,21 @@ CPU_DEFAULT = KernelConfig(block_m=32, block_n=32, num_warps=4, num_stages=1)  #
 
 
 def config_space(head_dim: int) -> list[KernelConfig]:
-    """The sweep that `harness tune` searches for HilbertA. Pruned by what an H100 showed (2026-11-27,
-    scratch sweep of 24 configs at the Flux shapes): 32-key blocks and 8 warps on 64-row blocks were never
-    close to the best; 4 stages of 128-key blocks do not fit in shared memory at head dim 128."""
+    """The sweep that `harness tune` searches for HilbertA: block sizes and warps, pipeline depth, the loop
+    shape, TMA loads and the launch order. Pruned by what an H100 showed (2026-11-27: a 24-config sweep at
+    the Flux shapes and a 32-config tune): 32-key blocks, 8 warps on 64-row blocks and 4 stages were never
+    the best; 4 stages of 128-key blocks do not fit in shared memory at head dim 128."""
     space = []
     for block_m, num_warps in ((128, 8), (128, 4), (64, 4)):
         for block_n in (64, 128):
             if block_n > 2 * head_dim or (num_warps == 4 and block_m == 128 and block_n == 128):
                 continue
-            for num_stages in (2, 3, 4):
-                if num_stages == 4 and block_n == 128:
-                    continue
+            for num_stages in (2, 3):
                 for flat_loop in (False, True):
                     for tma in (False, True):
-                        space.append(KernelConfig(block_m, block_n, num_warps, num_stages, flat_loop, tma))
+                        for head_major in (False, True):
+                            space.append(KernelConfig(block_m, block_n, num_warps, num_stages, flat_loop, tma,
+                                                      head_major))
     return space
 
 

@@ -63,11 +63,23 @@ def _attend_block(acc, l_i, m_i, q, K, V, k_base, v_base, row0, start_n, hi, str
 def _hilberta_fwd(Q, K, V, O, TABLE, qk_scale, seq_len,
                   stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                   stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om, num_heads,
+                  num_bh, num_blocks, heavy_blocks,
                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                   NUM_SEGMENTS: tl.constexpr, TABLE_COLS: tl.constexpr, FLAT_LOOP: tl.constexpr,
-                  USE_TMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    bh = tl.program_id(0)  # fastest grid axis: all heads of one query block are scheduled together
-    blk = tl.program_id(1)
+                  USE_TMA: tl.constexpr, HEAD_MAJOR: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    if HEAD_MAJOR:
+        # 1-D grid: the heavy (shared-row) blocks of every head first, then the local blocks, each group
+        # head by head, so that the programs running together share one head's K/V in L2
+        pid = tl.program_id(0)
+        heavy_programs = heavy_blocks * num_bh
+        is_heavy = pid < heavy_programs
+        p = tl.where(is_heavy, pid, pid - heavy_programs)
+        per_head = tl.where(is_heavy, heavy_blocks, num_blocks - heavy_blocks)
+        bh = p // per_head
+        blk = p % per_head + tl.where(is_heavy, 0, heavy_blocks)
+    else:
+        bh = tl.program_id(0)  # fastest grid axis: all heads of one query block are scheduled together
+        blk = tl.program_id(1)
     b = (bh // num_heads).to(tl.int64)
     h = (bh % num_heads).to(tl.int64)
     row = TABLE + blk * TABLE_COLS
@@ -180,6 +192,22 @@ def block_table(layout: HilbertLayout, layer: int, block_m: int, device: torch.d
     return cache[key]
 
 
+def heavy_blocks(table: torch.Tensor, seq_len: int) -> int:
+    """How many leading rows of a block table sweep all keys (the shared rows, which come first).
+    A table on the GPU is read back: call this outside anything timed."""
+    sweeps_all = (table[:, 2] == 0) & (table[:, 3] == seq_len)
+    return int(sweeps_all.int().cumprod(0).sum())
+
+
+def _heavy_count(layout: HilbertLayout, layer: int, block_m: int) -> int:
+    """`heavy_blocks` of the layout's table, from its CPU copy, cached on the layout per sliding phase."""
+    cache = layout.__dict__.setdefault("_heavy_blocks", {})
+    key = (layer % layout.sliding_cycle, block_m)
+    if key not in cache:
+        cache[key] = heavy_blocks(layout.block_table(layer, block_m), layout.seq_len)
+    return cache[key]
+
+
 def hilbert_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: HilbertLayout,
                       layer: int = 0, config: KernelConfig | None = None,
                       scale: float | None = None) -> torch.Tensor:
@@ -188,15 +216,22 @@ def hilbert_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout:
     if config is None:
         config, _ = default_config(layout, q.shape[-1], q.dtype, q.device)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    launch(q, k, v, out, block_table(layout, layer, config.block_m, q.device), config, scale)
+    table = block_table(layout, layer, config.block_m, q.device)
+    heavy = _heavy_count(layout, layer, config.block_m) if config.head_major else None
+    launch(q, k, v, out, table, config, scale, heavy)
     return out
 
 
 def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, table: torch.Tensor,
-           config: KernelConfig, scale: float | None = None) -> None:
+           config: KernelConfig, scale: float | None = None, heavy: int | None = None) -> None:
     """Run the kernel over the query blocks of ``table`` (all of a layout's, or a subset of them: the
-    kernel benchmark times shared and local rows apart this way). Inputs are not checked here."""
+    kernel benchmark times shared and local rows apart this way). Inputs are not checked here.
+    ``heavy`` is `heavy_blocks(table, L)`, needed by the head-major order (computed here when absent)."""
     batch, heads, seq_len, head_dim = q.shape
+    if config.head_major and heavy is None:
+        heavy = heavy_blocks(table, seq_len)
+    num_blocks = table.shape[0]
+    grid = (batch * heads * num_blocks,) if config.head_major else (batch * heads, num_blocks)
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     use_tma = config.tma and k.is_contiguous() and v.is_contiguous()
     if use_tma:  # K and V as [B*H*L, D] tensors read by the bulk copy engine, a BLOCK_N x D box at a time
@@ -204,13 +239,15 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
         v_arg = TensorDescriptor.from_tensor(v.view(-1, head_dim), [config.block_n, head_dim])
     else:
         k_arg, v_arg = k, v
-    _hilberta_fwd[(batch * heads, table.shape[0])](
+    _hilberta_fwd[grid](
         q, k_arg, v_arg, out, table, scale * 1.4426950408889634, seq_len,  # log2(e): the kernel uses exp2
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), heads,
+        batch * heads, num_blocks, heavy or 0,
         HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         NUM_SEGMENTS=(TABLE_COLUMNS - 2) // 2, TABLE_COLS=TABLE_COLUMNS, FLAT_LOOP=config.flat_loop,
-        USE_TMA=use_tma, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        USE_TMA=use_tma, HEAD_MAJOR=config.head_major,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
 

@@ -27,6 +27,7 @@ CONFIGS = [
     KernelConfig(block_m=16, block_n=16, num_warps=4, num_stages=1),
     KernelConfig(block_m=32, block_n=16, num_warps=4, num_stages=1, flat_loop=True),
     KernelConfig(block_m=16, block_n=32, num_warps=4, num_stages=1, tma=True),
+    KernelConfig(block_m=16, block_n=16, num_warps=4, num_stages=1, head_major=True),
 ]
 
 
@@ -52,6 +53,12 @@ def test_matches_reference_every_phase(case, layer, device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_loop_variants_and_dtypes(config, dtype, device):
     check(HilbertLayout(12, 20, 8, 5), 3, dtype, device, config=config, head_dim=32)
+
+
+@pytest.mark.parametrize("text,centre", [(8, 0.25), (0, 0.0)])  # with and without heavy (shared-row) blocks
+def test_head_major_order_covers_every_block(text, centre, device):
+    config = KernelConfig(block_m=16, block_n=16, num_warps=4, num_stages=1, head_major=True)
+    check(HilbertLayout(10, 12, text, 4, centre), 2, torch.float32, device, config=config, batch=2, heads=2)
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
@@ -119,3 +126,15 @@ def test_flux_shapes_bf16_on_gpu(side, tiles, layer):
                       torch.randint(layout.shared_tokens, layout.seq_len, (2048,))]).cuda()
     ref = reference_attention(q, k, v, lambda r: layout.mask_rows(r, layer), rows=rows)
     assert relative_error(out[:, :, rows], ref) <= 1e-2
+
+
+@pytest.mark.parametrize("layout,block_m,expected", [
+    (HilbertLayout(64, 64, 512, 16), 128, 6),  # 768 shared rows
+    (HilbertLayout(64, 64, 512, 16), 100, 8),  # ceil(768 / 100)
+    (HilbertLayout(16, 16, 0, 4, 0.0), 32, 0),  # no shared tokens
+    (HilbertLayout(16, 16, 8, 1, 0.0), 32, 9),  # one tile, no centre: every block sweeps all keys
+])
+def test_heavy_blocks_counts_the_leading_full_sweeps(layout, block_m, expected):
+    from kernels.hilbert_attention import heavy_blocks
+
+    assert heavy_blocks(layout.block_table(0, block_m), layout.seq_len) == expected
