@@ -30,6 +30,7 @@ import torch
 from baselines.base import PreparedAttention
 from harness import derived, stats, timing
 from harness.correctness import check_correctness
+from harness.power import unavailable
 from harness.progress import Progress
 from harness.results import PYTEST_BENCHMARK_NAME, RESULTS_NAME, ResultsFile, export_pytest_benchmark, utc_now
 from harness.suite import SUITES_DIR, CaseSpec, Suite
@@ -60,16 +61,7 @@ def optional(module: str, attr: str) -> tuple[Callable | None, str | None]:
         return None, f"{module}.{attr} is not available: {type(exc).__name__}: {exc}"
 
 
-def unavailable(reason: str) -> dict:
-    return {"status": "unavailable", "reason": reason}
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _error_row_fields(exc: BaseException, stage: str) -> dict:
+def error_row_fields(exc: BaseException, stage: str) -> dict:
     """status and reason for a case that raised: out of memory is 'skipped', a refusal 'unavailable'."""
     from baselines.registry import MethodUnavailable
 
@@ -83,7 +75,7 @@ def _error_row_fields(exc: BaseException, stage: str) -> dict:
             "extra": {"traceback": "".join(tail)}}
 
 
-def _release_memory(device: torch.device) -> None:
+def release_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -209,7 +201,7 @@ class SuiteRun:
                 and derived.problem_key(row) == derived.problem_key({"problem": problem.to_dict()})]
         self.results.update_cases(derived.add_derived(rows))
         del ready, inputs
-        _release_memory(self.device)
+        release_memory(self.device)
 
     def _finish(self, row: dict, weight: int) -> None:
         self.results.add_case(row)
@@ -230,10 +222,10 @@ class SuiteRun:
         stage = "prepare"
         try:
             with torch.no_grad():
-                _synchronize(self.device)
+                timing.synchronize(self.device)
                 start = time.perf_counter()
                 prepared = case.method.prepare(case.problem, self.device)
-                _synchronize(self.device)
+                timing.synchronize(self.device)
                 layout_ms = (time.perf_counter() - start) * 1e3
                 row.update(backend=prepared.backend, **derived.static_metrics(prepared))
                 row["extra"] = dict(prepared.extra)
@@ -248,8 +240,8 @@ class SuiteRun:
                     stage = "permutation"
                     row["setup_ms"]["permute"] = self._permute_ms_of(prepared)
         except Exception as exc:
-            row.update(_error_row_fields(exc, stage))
-            _release_memory(self.device)
+            row.update(error_row_fields(exc, stage))
+            release_memory(self.device)
             return None
         if not row["correctness"]["passed"]:
             check = row["correctness"]
@@ -295,10 +287,10 @@ class SuiteRun:
                     result = timing.time_interleaved(fns, self.policy, self.device, self._timing_progress)
             except timing.TimedFnError as exc:
                 item = pending.pop(exc.name)
-                item.row.update(_error_row_fields(exc, "timing"))
+                item.row.update(error_row_fields(exc, "timing"))
                 ready.remove(item)
                 self._finish(item.row, self._weight(item.case) - STAGE_WEIGHTS["prepare"])
-                _release_memory(self.device)
+                release_memory(self.device)
                 continue
             during = sampler.summary() if sampler else unavailable(reason)
             for cid, item in pending.items():
@@ -334,7 +326,7 @@ class SuiteRun:
                         row[metric] = measure(self, item, lambda: item.prepared.run(*inputs))
                 except Exception as exc:  # the case keeps its timing; only this metric failed
                     row[metric] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-                    _release_memory(self.device)
+                    release_memory(self.device)
             self.progress.advance(STAGE_WEIGHTS[metric], note=f"{metric} done")
         if self.device.type == "cuda":
             snapshot, reason = optional("harness.power", "snapshot")
@@ -349,7 +341,7 @@ class SuiteRun:
         try:
             run_cases(dict(self.suite.e2e), self.results, self.device)
         except Exception as exc:
-            fields = _error_row_fields(exc, "e2e")
+            fields = error_row_fields(exc, "e2e")
             self.results.add_case({"kind": "e2e", "case": "e2e/error", **fields})
 
 

@@ -261,11 +261,16 @@ def e2e_step_bars(e2e: pd.DataFrame) -> go.Figure:
     return _styled(fig, "End-to-end Flux step latency", barmode="stack")
 
 
+TUNE_FLAGS = ("flat_loop", "tma", "head_major")  # boolean knobs of a tuned kernel, shown when on
+
+
 def tuning_heatmap(tune: pd.DataFrame, title: str) -> go.Figure:
-    """Median ms per launch configuration: rows block_m x block_n, columns num_warps x num_stages."""
+    """Median ms per launch configuration: rows block_m x block_n, columns num_warps x num_stages and the
+    kernel's on/off knobs (flat loop, TMA, head-major order) that were on."""
     tune = tune.sort_values(["block_m", "block_n", "num_warps", "num_stages"])
     blocks = tune.apply(lambda r: f"m{r.block_m:.0f} n{r.block_n:.0f}", axis=1)
-    launch = tune.apply(lambda r: f"w{r.num_warps:.0f} s{r.num_stages:.0f}", axis=1)
+    launch = tune.apply(lambda r: " ".join([f"w{r.num_warps:.0f} s{r.num_stages:.0f}"]
+                                           + [flag for flag in TUNE_FLAGS if r.get(flag) in (True,)]), axis=1)
     grid = pd.DataFrame({"blocks": blocks, "launch": launch, "ms": tune["median_ms"]}).pivot_table(
         index="blocks", columns="launch", values="ms", aggfunc="min", sort=False, dropna=False)
     text = [[("" if math.isnan(v) else f"{v:.4g}") for v in row] for row in grid.to_numpy()]

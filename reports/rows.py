@@ -102,6 +102,11 @@ OBJECT_FIELDS: dict[str, tuple] = {
     "throttle_reasons_timing": ("clocks", "during_timing", "throttle_reasons"),
     "locality": ("locality",),
     "samples_ms": ("samples_ms",),
+    # tuning rows: the kernel's on/off knobs, and whether `harness tune` stored this configuration
+    "flat_loop": ("params", "flat_loop"),
+    "tma": ("params", "tma"),
+    "head_major": ("params", "head_major"),
+    "chosen": ("extra", "chosen"),
 }
 
 STATUS_OK = "ok"

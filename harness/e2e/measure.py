@@ -51,8 +51,7 @@ from harness.e2e.flux_model import (
 )
 from harness.power import measure_energy, nvml_available
 from harness.progress import Progress
-from harness.runner import _error_row_fields as error_row_fields  # OOM -> skipped, a refusal -> unavailable
-from harness.runner import _release_memory as release_memory
+from harness.runner import error_row_fields, release_memory  # OOM -> skipped, a refusal -> unavailable
 from harness.stats import summarize
 from harness.timing import TimingPolicy, time_interleaved, time_once_ms
 from kernels.reference import relative_error

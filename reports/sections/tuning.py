@@ -1,7 +1,8 @@
 """Block-size tuning (rows of kind "tune"): a heatmap of median ms per launch configuration.
 
 One heatmap per kernel and problem size; blank cells are configurations that failed or were not timed.
-The table names the fastest configuration of each, which is what `harness tune` stores.
+The table names the configuration `harness tune` stored for each (its final head-to-head against the default
+decides, so it is not always the lowest median of the coarse passes), or the fastest when none is marked.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ ID, TITLE = "tuning", "Block-size tuning"
 LAUNCH_PARAMS = ["block_m", "block_n", "num_warps", "num_stages"]
 
 BEST_COLUMNS = [
-    Column("method", "kernel"), Column("resolution", "resolution"), Column("config", "fastest config"),
+    Column("method", "kernel"), Column("resolution", "resolution"), Column("config", "chosen config"),
     Column("median_ms", "median ms", fmt_ms, numeric=True),
     Column("tried", "configs tried", fmt_int, numeric=True), Column("timed", "configs timed", fmt_int, numeric=True),
 ]
@@ -29,8 +30,9 @@ def _fastest(method: str, resolution: str, group: pd.DataFrame) -> dict:
     record = {"method": method, "resolution": resolution, "config": "none timed", "median_ms": None,
               "tried": len(group), "timed": len(timed)}
     if not timed.empty:
-        best = timed.loc[timed["median_ms"].idxmin()]
-        record["config"] = ", ".join(f"{param}={best[param]:.0f}" for param in LAUNCH_PARAMS)
+        chosen = timed[timed["chosen"] == True] if "chosen" in timed else timed.iloc[:0]  # noqa: E712 (object column)
+        best = chosen.iloc[0] if not chosen.empty else timed.loc[timed["median_ms"].idxmin()]
+        record["config"] = best["label"]
         record["median_ms"] = best["median_ms"]
     return record
 
