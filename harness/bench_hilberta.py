@@ -45,23 +45,28 @@ def _prepare(spec, problem: Problem, device: torch.device, policy: CorrectnessPo
 
 
 def _anatomy(problem: Problem, tiles: int, device: torch.device) -> dict[str, dict]:
-    """Callables that run parts of the kernel: shared-row blocks, local-row blocks, and the kernel dense."""
+    """Callables that run parts of the kernel: shared-row blocks, local-row blocks (both with the sparse
+    problem's config), and the kernel dense with the config it would use for a dense problem: a config
+    tuned for short sparse key loops can be a poor one for long dense ones (seen on an H100)."""
     layout = HilbertLayout(problem.height, problem.width, problem.text_tokens, tiles)
     dense_layout = HilbertLayout(problem.height, problem.width, problem.text_tokens, 1, centre_fraction=0.0)
     q, k, v = problem.random_qkv(device)
     out = torch.empty_like(q)
     config, _ = default_config(layout, problem.head_dim, q.dtype, device)
+    dense_config, _ = default_config(dense_layout, problem.head_dim, q.dtype, device)
     table = block_table(layout, 0, config.block_m, device)
     shared_blocks = int((table[:, 0] < layout.shared_tokens).sum())
-    parts = {"shared rows only": table[:shared_blocks], "local rows only": table[shared_blocks:],
-             "kernel run dense (T=1, f=0)": block_table(dense_layout, 0, config.block_m, device)}
-    flops = {}
-    for name, part in parts.items():
+    parts = {"shared rows only": (table[:shared_blocks], config),
+             "local rows only": (table[shared_blocks:], config),
+             "kernel run dense (T=1, f=0)": (block_table(dense_layout, 0, dense_config.block_m, device), dense_config)}
+    anatomy = {}
+    for name, (part, cfg) in parts.items():
         t = part.to(torch.int64)
-        keys = ((t[:, 3::2] - t[:, 2::2] + config.block_n - 1) // config.block_n * config.block_n).sum(1)
-        flops[name] = 4.0 * problem.batch * problem.heads * problem.head_dim * float((keys * config.block_m).sum())
-    return {name: {"fn": (lambda p=part: launch(q, k, v, out, p, config)), "computed_flops": flops[name],
-                   "config": config.name} for name, part in parts.items()}
+        keys = ((t[:, 3::2] - t[:, 2::2] + cfg.block_n - 1) // cfg.block_n * cfg.block_n).sum(1)
+        flops = 4.0 * problem.batch * problem.heads * problem.head_dim * float((keys * cfg.block_m).sum())
+        anatomy[name] = {"fn": (lambda p=part, c=cfg: launch(q, k, v, out, p, c)), "computed_flops": flops,
+                         "config": cfg.name}
+    return anatomy
 
 
 def bench_resolution(resolution: str, tiles: int, device: torch.device, timing: TimingPolicy,
@@ -71,7 +76,8 @@ def bench_resolution(resolution: str, tiles: int, device: torch.device, timing: 
     base = Problem.from_pixels(width, height, **problem_kwargs)
     rows, fns = [], {}
     specs = [(f"hilberta T={tiles} phase {layer}", {"method": "hilberta", "tiles": tiles}, layer) for layer in range(4)]
-    specs += [(f"flex (same mask) phase {layer}", {"method": "hilberta_flex", "tiles": tiles}, layer) for layer in range(4)]
+    specs += [(f"flex (same mask) phase {layer}", {"method": "hilberta_flex", "tiles": tiles}, layer)
+              for layer in range(4)]
     specs += [(name, name, 0) for name in DENSE]
     for label, spec, layer in specs:
         problem = replace(base, layer=layer)
@@ -87,7 +93,8 @@ def bench_resolution(resolution: str, tiles: int, device: torch.device, timing: 
     for name, part in _anatomy(base, tiles, device).items():
         fns[name] = part["fn"]
         rows.append({"name": name, "method": "hilberta-anatomy", "layer": 0, "resolution": resolution,
-                     "computed_flops": part["computed_flops"], "dense_flops": base.dense_flops, "config": part["config"]})
+                     "computed_flops": part["computed_flops"], "dense_flops": base.dense_flops,
+                     "config": part["config"]})
     samples = time_interleaved(fns, timing, device)
     for row in rows:
         if row["name"] in samples:
@@ -140,7 +147,8 @@ def to_markdown(rows: list[dict], env: dict) -> str:
             f"| {r['resolution']} | {r['name']} | {r['median_ms']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | "
             f"{'' if err is None else f'{err:.1e}'} | {dens} | {r['computed_tflops']:.0f} | "
             f"{fmt(sp.get('sdpa_flash'))} | {fmt(sp.get('sdpa_cudnn'))} | {fmt(sp.get('flex_same_mask'))} | "
-            f"{fmt(r.get('fraction_of_ideal'), '{:.0%}')} | {fmt(r.get('predicted_at_dense_kernel_rate_ms'), '{:.3f} ms')} |")
+            f"{fmt(r.get('fraction_of_ideal'), '{:.0%}')} | "
+            f"{fmt(r.get('predicted_at_dense_kernel_rate_ms'), '{:.3f} ms')} |")
     return "\n".join(lines) + "\n"
 
 
