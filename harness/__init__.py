@@ -3,5 +3,10 @@
 Suites (``suites/*.toml``) become cases (problem x method x sliding phase); the runner checks each case
 against the exact reference, times the methods of one problem interleaved in rounds, adds power, memory
 traffic and locality where asked, and writes ``results/<run-id>/results.json``. Entry point:
-``python -m harness`` (see `harness.cli`).
+``python -m harness`` (see `harness.cli`). The layers are in docs/architecture.md.
 """
+
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the checkout (suites/, kernels/configs/, results/)
+

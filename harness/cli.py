@@ -4,9 +4,9 @@
     python -m harness run bench-2048 [--out DIR] [--methods hilberta,sdpa_cudnn] [--resolutions 2048x2048]
                                      [--quick] [--report]
     python -m harness report results/<run-id> [--compare results/<other-run>]
-    python -m harness gate --reference A --candidate B      (harness.gate)
-    python -m harness tune ...                              (harness.tune)
-    python -m harness e2e ...                               (harness.e2e.cli)
+    python -m harness gate --reference A --candidate B      (harness.apps.gate.compare)
+    python -m harness tune ...                              (harness.apps.tune)
+    python -m harness e2e ...                               (harness.apps.e2e.cli)
 
 Exit codes: 0 ok, 1 a case failed (incorrect output or an error), 2 bad input. The delegated commands
 keep their own codes. A delegated module that cannot be imported gives a one-line error, not a traceback.
@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 # command -> (module exposing add_arguments(parser) and run(args) -> int, help)
 DELEGATES = {
-    "gate": ("harness.gate", "gate a candidate run against a reference run (exit 1 on regression)"),
-    "tune": ("harness.tune", "search kernel launch configs and store the best per GPU architecture"),
-    "e2e": ("harness.e2e.cli", "time end-to-end Flux transformer steps with each attention method"),
+    "gate": ("harness.apps.gate.compare", "gate a candidate run against a reference run (exit 1 on regression)"),
+    "tune": ("harness.apps.tune", "search kernel launch configs and store the best per GPU architecture"),
+    "e2e": ("harness.apps.e2e.cli", "time end-to-end Flux transformer steps with each attention method"),
 }
 
 
@@ -45,8 +45,8 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     from baselines.base import Availability
     from baselines.registry import listing
-    from harness.runner import default_device, optional
-    from harness.suite import available_suites
+    from harness.core.runner import default_device, optional
+    from harness.core.suite import available_suites
 
     device = args.device or default_device()
     rows = listing(device)
@@ -58,8 +58,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"  {row['name']:<{width}}  {mark}  {row['family']:<12} {row['label']}{dense}"
               + (f"  -- {row['reason']}" if row["reason"] else ""))
     print("measurements:")
-    for label, module, probe in (("power (NVML)", "harness.power", "nvml_available"),
-                                 ("traffic (ncu)", "harness.traffic", "ncu_available")):
+    for label, module, probe in (("power (NVML)", "harness.measure.power", "nvml_available"),
+                                 ("traffic (ncu)", "harness.measure.traffic", "ncu_available")):
         check, reason = optional(module, probe)
         avail = check() if check else Availability(False, reason)
         print(f"  {label:<14} {'yes' if avail else 'no '}  {avail.reason}")
@@ -70,7 +70,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 # ---- run ---------------------------------------------------------------------------------------------
 
 def _build_report(results_dir, compare_dir=None) -> int:
-    from harness.runner import optional
+    from harness.core.runner import optional
 
     build_report, reason = optional("reports", "build_report")
     if build_report is None:
@@ -84,9 +84,9 @@ def _build_report(results_dir, compare_dir=None) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from harness.results import load_results
-    from harness.runner import exit_status, print_summary, run_suite
-    from harness.suite import load_suite
+    from harness.core.results import load_results
+    from harness.core.runner import exit_status, print_summary, run_suite
+    from harness.core.suite import load_suite
 
     suite = load_suite(args.suite).select(methods=_names(args.methods), resolutions=_names(args.resolutions),
                                           quick=args.quick)
@@ -104,7 +104,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from harness.results import load_results
+    from harness.core.results import load_results
 
     load_results(args.results_dir)  # a clear error for a missing directory or another schema
     if args.compare:
@@ -158,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.results import ResultsError
-    from harness.suite import SuiteError
+    from harness.core.results import ResultsError
+    from harness.core.suite import SuiteError
 
     parser = build_parser()
     try:

@@ -31,7 +31,7 @@ OTHER_COLOUR = "#79706e"
 DENSE_SHADES = ("#1f4e79", "#4c78a8", "#7fa7d0", "#6b6ecf", "#9e9e9e", "#3b3b3b")
 SPARSE_SHADES = ("#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
                  "#f4a582", "#66c2a5", "#a6761d", "#e7298a")
-# Gate outcomes (harness.gate.OUTCOMES) and the report's own "not judged"; failing ones are warm colours.
+# Gate outcomes (harness.apps.gate.compare.OUTCOMES) and the report's own "not judged"; failing ones are warm colours.
 OUTCOME_COLOURS = {
     "incorrect": "#6a1b9a",
     "failed": "#8e0000",

@@ -41,24 +41,24 @@ NUMERIC_FIELDS: dict[str, tuple] = {
     "setup_layout_ms": ("setup_ms", "layout"),
     "setup_first_call_ms": ("setup_ms", "first_call"),
     "setup_permute_ms": ("setup_ms", "permute"),
-    # harness.power.measure_energy: energy over a window of back-to-back calls, with the sampler summary
+    # harness.measure.power.measure_energy: energy over a window of back-to-back calls, with the sampler summary
     "joules_per_call": ("power", "joules_per_call"),
     "mean_watts": ("power", "mean_watts"),
     "max_watts": ("power", "power_w_max"),
     "power_calls": ("power", "calls"),
     "power_window_s": ("power", "window_s"),
-    # harness.power sampler summary while the case was being timed
+    # harness.measure.power sampler summary while the case was being timed
     "sm_mhz_median": ("clocks", "during_timing", "sm_clock_mhz_median"),
     "sm_mhz_min": ("clocks", "during_timing", "sm_clock_mhz_min"),
     "temp_c_max": ("clocks", "during_timing", "temp_c_max"),
-    # harness.traffic (ncu): DRAM and L2 bytes of one call, kernel time under ncu, achieved DRAM bandwidth
+    # harness.measure.traffic (ncu): DRAM and L2 bytes of one call, kernel time under ncu, achieved DRAM bandwidth
     "dram_read_bytes": ("traffic", "dram_read_bytes"),
     "dram_write_bytes": ("traffic", "dram_write_bytes"),
     "dram_bytes": ("traffic", "dram_bytes"),
     "l2_bytes": ("traffic", "l2_bytes"),
     "ncu_kernel_ms": ("traffic", "kernel_ms"),
     "achieved_dram_gbps": ("traffic", "achieved_dram_gbps"),
-    # end-to-end Flux rows (kind "e2e", harness.e2e.measure): median_ms is one transformer step
+    # end-to-end Flux rows (kind "e2e", harness.apps.e2e.measure): median_ms is one transformer step
     "attention_share": ("e2e", "attention_share"),
     "attention_ms": ("e2e", "attention_ms"),
     "joules_per_image": ("e2e", "joules_per_image"),

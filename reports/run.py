@@ -1,5 +1,5 @@
-"""One results directory as the report sees it: the raw results dict (read by `harness.results`), its tidy
-rows table and the env fingerprint fields the page quotes (written by `harness.envinfo`)."""
+"""One results directory as the report sees it: the raw results dict (read by `harness.core.results`), its tidy
+rows table and the env fingerprint fields the page quotes (written by `harness.measure.envinfo`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.results import load_results
+from harness.core.results import load_results
 from reports.rows import dig, rows_frame
 
 

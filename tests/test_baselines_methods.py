@@ -106,7 +106,7 @@ def test_hilberta_wrapper_exposes_the_layout():
     assert torch.equal(prepared.image_order, layout.permutation())
     assert prepared.allowed_pairs == layout.allowed_pairs(3) == int(prepared.dense_mask().sum())
     assert torch.equal(prepared.dense_mask(), layout.dense_mask(3))
-    assert prepared.extra["shared_tokens"] == layout.shared_tokens  # harness.correctness samples these rows
+    assert prepared.extra["shared_tokens"] == layout.shared_tokens  # harness.measure.correctness samples these rows
     assert prepared.computed_pairs >= prepared.allowed_pairs
     assert "layout" in prepared.setup_ms
 

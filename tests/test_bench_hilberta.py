@@ -4,9 +4,9 @@ timed, and the derived columns follow from the medians."""
 import pytest
 import torch
 
-from harness.bench_hilberta import bench_resolution, to_markdown
-from harness.suite import CorrectnessPolicy
-from harness.timing import TimingPolicy
+from harness.apps.kernelbench import bench_resolution, to_markdown
+from harness.core.suite import CorrectnessPolicy
+from harness.measure.timing import TimingPolicy
 
 
 @pytest.fixture(scope="module")

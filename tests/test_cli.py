@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, runner
-from harness.progress import Progress, format_duration
-from harness.results import ResultsFile
+from harness import cli
+from harness.core import runner
+from harness.core.progress import Progress, format_duration
+from harness.core.results import ResultsFile
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = """\

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 pytest.importorskip("diffusers")
 
 from baselines.registry import resolve  # noqa: E402
-from harness.e2e import flux_model as fm  # noqa: E402
-from harness.e2e import measure  # noqa: E402
-from harness.e2e import processors as pr  # noqa: E402
+from harness.apps.e2e import flux_model as fm  # noqa: E402
+from harness.apps.e2e import measure  # noqa: E402
+from harness.apps.e2e import processors as pr  # noqa: E402
 from kernels.curves import curve_order  # noqa: E402
 
 TEXT_TOKENS = 16

@@ -1,4 +1,4 @@
-"""The performance gate (harness.gate) and its A/B mode (harness.abtest), on synthetic samples and fake cases.
+"""The performance gate (harness.apps.gate.compare) and its A/B mode (harness.apps.gate.abtest), on synthetic samples and fake cases.
 
 Samples come from known distributions (lognormal noise around a median), so the right verdict is known:
 noise alone must never fail the gate, a 10 % slowdown must be caught. The A/B worker protocol runs on
@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import abtest, gate
+from harness.apps.gate import abtest
+from harness.apps.gate import compare as gate
 
 REPO = Path(__file__).resolve().parent.parent
 H100 = {"gpu_name": "NVIDIA H100 80GB HBM3", "driver_version": "550.54.15"}
@@ -305,7 +306,7 @@ def test_worker_session_answers_each_op_and_survives_errors():
 
 
 def test_real_builder_prepares_checks_and_times_a_suite_case():
-    from harness.suite import load_suite
+    from harness.core.suite import load_suite
 
     suite = load_suite("smoke")
     case = next(c for c in suite.cases() if c.case_id == "128x128/sdpa_math/layer0")
@@ -339,7 +340,7 @@ def test_worker_subprocess_speaks_json_lines():
 FAKE_KERNEL = '''"""A fake kernel whose speed differs between the two commits of the A/B test repository."""
 import time
 
-from harness.abtest import PreparedCase
+from harness.apps.gate.abtest import PreparedCase
 
 DELAY_MS = {delay}
 
@@ -397,6 +398,6 @@ def test_gate_main_dispatches_ab_mode_and_needs_a_suite(capsys):
 
 
 def test_worker_module_runs_as_a_script():
-    done = subprocess.run([sys.executable, "-m", "harness.abtest", "--worker", "--builder", "nocolon"],
+    done = subprocess.run([sys.executable, "-m", "harness.apps.gate.abtest", "--worker", "--builder", "nocolon"],
                           cwd=REPO, capture_output=True, text=True, input="")
     assert done.returncode != 0 and "module:function" in done.stderr

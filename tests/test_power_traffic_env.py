@@ -13,8 +13,9 @@ import torch
 
 from baselines.base import Availability
 from baselines.problem import Problem
-from harness import _ncu_target, envinfo, power, traffic
-from harness.power import PowerSample
+from harness.core import ncu_target as _ncu_target
+from harness.measure import envinfo, power, traffic
+from harness.measure.power import PowerSample
 
 # ---------------------------------------------------------------- NVML
 
@@ -323,7 +324,7 @@ def test_measure_traffic_end_to_end_with_fake_ncu(fake_ncu, tmp_path, monkeypatc
     assert result["csv_path"].startswith(str(tmp_path / "out")) and "ncu-sdpa_cudnn-128x128-" in result["csv_path"]
     argv = json.loads(argv_file.read_text())
     target = argv[argv.index("--kernel-name") + 2:]
-    assert target[1:3] == ["-m", "harness._ncu_target"]
+    assert target[1:3] == ["-m", "harness.core.ncu_target"]
     assert _ncu_target.parse_spec(target[target.index("--spec") + 1]) == CASE
 
 
@@ -413,7 +414,7 @@ def test_git_outside_a_repository(tmp_path):
 
 
 def test_gpu_selfcheck_runs_without_a_gpu(tmp_path, monkeypatch, capsys):
-    from harness import gpu_selfcheck
+    from harness.apps import selfcheck as gpu_selfcheck
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu_selfcheck.main(["--out", str(tmp_path)]) == 0

@@ -300,7 +300,7 @@ def table_rows(section) -> dict[str, str]:
 
 
 def test_compare_colours_rows_by_gate_outcome(tmp_path):
-    pytest.importorskip("harness.gate")
+    pytest.importorskip("harness.apps.gate.compare")
     candidate, reference = load_pair(tmp_path)
     rows = table_rows(compare.section(candidate, reference))
     assert rows["2048x2048/hilberta_t16/layer0"] == "outcome-regression"
@@ -330,7 +330,7 @@ def test_compare_passes_the_threshold_and_shows_the_gates_numbers(tmp_path, monk
 
 
 def test_compare_without_the_gate_shows_plain_ratios(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "harness.gate", None)  # import harness.gate -> ImportError
+    monkeypatch.setitem(sys.modules, "harness.apps.gate.compare", None)  # import harness.apps.gate.compare -> ImportError
     assert compare.gate_compare() is None
 
     def slower_cudnn(results):
@@ -344,11 +344,11 @@ def test_compare_without_the_gate_shows_plain_ratios(tmp_path, monkeypatch):
     table = next(block for block in section.blocks if block.kind == "table")
     cudnn = next(row for row in table.rows if row[0] == "1024x1024/sdpa_cudnn/layer0")
     assert cudnn[3] == "+100.0 %" and cudnn[5] == MISSING
-    assert any("harness.gate is not available" in block.text for block in section.blocks if block.kind == "paragraph")
+    assert any("harness.apps.gate.compare is not available" in block.text for block in section.blocks if block.kind == "paragraph")
 
 
 def test_compare_section_renders_the_gates_refusal(tmp_path):
-    pytest.importorskip("harness.gate")
+    pytest.importorskip("harness.apps.gate.compare")
     candidate, reference = load_pair(tmp_path, lambda r: r["env"].update(gpu_name="NVIDIA H200"))
     texts = [block.text for block in compare.section(candidate, reference).blocks if block.kind == "paragraph"]
     assert any("not recorded on the same card" in text for text in texts)

@@ -10,8 +10,9 @@ import torch
 
 from baselines.base import PreparedAttention
 from baselines.problem import Problem
-from harness import derived, results
-from harness.results import ResultsError, ResultsFile, export_pytest_benchmark, load_results
+from harness.core import results
+from harness.measure import derived
+from harness.core.results import ResultsError, ResultsFile, export_pytest_benchmark, load_results
 
 
 def row(case: str, method: str, median_ms: float | None, status: str = "ok", dense: bool = False,

@@ -14,10 +14,10 @@ import torch
 from baselines.base import Availability, Method, PreparedAttention
 from baselines.problem import Problem
 from baselines.registry import MethodUnavailable
-from harness import correctness
-from harness.results import load_results
-from harness.runner import console_table, exit_status, run_suite
-from harness.suite import CorrectnessPolicy, MethodEntry, Suite, load_suite
+from harness.measure import correctness
+from harness.core.results import load_results
+from harness.core.runner import console_table, exit_status, run_suite
+from harness.core.suite import CorrectnessPolicy, MethodEntry, Suite, load_suite
 
 TINY_SUITE = """\
 description = "fakes"

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from harness.suite import (
+from harness.core.suite import (
     LAYERED_CATEGORIES,
     GateThresholds,
     MetricScope,

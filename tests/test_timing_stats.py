@@ -9,8 +9,8 @@ import pytest
 import scipy.stats
 import torch
 
-from harness.stats import bootstrap_ci, mann_whitney_u, ratio_ci, summarize
-from harness.timing import TimedFnError, TimingPolicy, time_interleaved, time_once_ms
+from harness.measure.stats import bootstrap_ci, mann_whitney_u, ratio_ci, summarize
+from harness.measure.timing import TimedFnError, TimingPolicy, time_interleaved, time_once_ms
 
 FAST = dict(warmup_ms=0.0, min_samples=2, max_samples=12, budget_ms=1000.0)
 

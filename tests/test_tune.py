@@ -1,4 +1,4 @@
-"""Block-size tuning (harness.tune) on CPU: a fake kernel with scripted behaviours for the selection logic,
+"""Block-size tuning (harness.apps.tune) on CPU: a fake kernel with scripted behaviours for the selection logic,
 and the real HilbertA kernel in the Triton interpreter with a two-config space for the store/lookup round trip.
 """
 
@@ -18,7 +18,7 @@ from triton.runtime.errors import OutOfResources
 
 from baselines.base import PreparedAttention
 from baselines.problem import Problem
-from harness import tune
+from harness.apps import tune
 from kernels import config as kconfig
 from kernels.config import KernelConfig
 

@@ -1,6 +1,6 @@
 """Compare mode: this run (the candidate) against a reference run, case by case, coloured by outcome.
 
-Outcomes come from `harness.gate.compare` (ratio of medians with a bootstrap CI and a Mann-Whitney test),
+Outcomes come from `harness.apps.gate.compare.compare` (ratio of medians with a bootstrap CI and a Mann-Whitney test),
 imported only here and only when a comparison is asked for. Without the gate, or when it refuses the
 pair (different GPU model or driver), the section shows plain ratios of medians and says they are not
 judged.
@@ -38,9 +38,9 @@ COLUMNS = [
 
 
 def gate_compare() -> Callable | None:
-    """`harness.gate.compare`, or None when the harness gate is not importable here."""
+    """`harness.apps.gate.compare.compare`, or None when the harness gate is not importable here."""
     try:
-        from harness.gate import compare
+        from harness.apps.gate.compare import compare
     except ImportError:
         return None
     return compare
@@ -71,7 +71,7 @@ def _judged(run: Run, reference: Run, result: Section) -> pd.DataFrame | None:
     """The gate's per-case frame, or None (with a note in ``result``) when there is no usable verdict."""
     compare = gate_compare()
     if compare is None:
-        result.add(Paragraph("harness.gate is not available here: plain ratios of medians, without a "
+        result.add(Paragraph("harness.apps.gate.compare is not available here: plain ratios of medians, without a "
                              "confidence interval or significance test, and no verdict.", css="warning"))
         return None
     try:

@@ -1,6 +1,6 @@
 """Power and energy: joules per call and mean watts (NVML energy counter), clocks and throttle reasons.
 
-Energy comes from `harness.power.measure_energy` (a window of back-to-back calls); clocks and throttle
+Energy comes from `harness.measure.power.measure_energy` (a window of back-to-back calls); clocks and throttle
 reasons from the sampler that ran while the case was timed, so a power-capped run is obvious at a glance:
 every reason seen in any case is counted above the table.
 """

@@ -170,7 +170,7 @@ def export_pytest_benchmark(results: dict, path: str | Path) -> Path:
             "param": row["case"],
             "extra_info": {key: row.get(key) for key in ("status", "backend", "density", "tflops", "derived",
                                                           "correctness") if row.get(key) is not None},
-            "options": {"timer": results.get("policy", {}).get("timer", "harness.timing"), "min_rounds": None,
+            "options": {"timer": results.get("policy", {}).get("timer", "harness.measure.timing"), "min_rounds": None,
                         "max_time": None, "min_time": None, "warmup": True, "disable_gc": False},
             "stats": {**stats.as_dict(), "data": list(stats.data), "iterations": 1},
         })

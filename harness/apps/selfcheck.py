@@ -1,6 +1,6 @@
 """Exercise every GPU path of the measurement modules once, on a matmul and one small attention case.
 
-``python -m harness.gpu_selfcheck --out DIR`` runs: the environment fingerprint; CUDA-event timing with
+``python -m harness.apps.selfcheck --out DIR`` runs: the environment fingerprint; CUDA-event timing with
 and without L2 flush and in CUDA-graph mode (plus a callable that cannot be captured, to see the
 fallback), interleaved over two callables; NVML snapshot, sampler and energy over >= 1 s; the ncu probe
 and one traffic measurement of a small attention problem. It prints a table and writes
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from baselines.problem import Problem
-from harness import envinfo, power, stats, traffic
-from harness.timing import TimingPolicy, time_interleaved, time_once_ms
+from harness.measure import envinfo, power, stats, traffic
+from harness.measure.timing import TimingPolicy, time_interleaved, time_once_ms
 
 POLICY = TimingPolicy(warmup_ms=200.0, min_samples=20, max_samples=100, budget_ms=1000.0, rounds=4)
 TRAFFIC_PROBLEM = Problem(height=32, width=32, text_tokens=64, heads=8, head_dim=128, dtype="bfloat16")
@@ -154,7 +154,7 @@ def run_checks(out: Path, size: int = 4096, method: str = "sdpa_cudnn") -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.gpu_selfcheck", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m harness.apps.selfcheck", description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="folder for selfcheck.json and ncu files")
     parser.add_argument("--size", type=int, default=4096, help="matmul size N (bf16 N x N @ N x N)")
     parser.add_argument("--method", default="sdpa_cudnn", help="registry method for the traffic check")

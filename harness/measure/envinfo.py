@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from harness import power
+from harness.measure import power
+from harness import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # result key -> distribution name
 PACKAGES = {
     "torch": "torch",

@@ -14,7 +14,7 @@ import math
 import torch
 
 from baselines.base import PreparedAttention
-from harness.suite import CorrectnessPolicy
+from harness.core.suite import CorrectnessPolicy
 
 
 def rows_to_check(prepared: PreparedAttention, policy: CorrectnessPolicy, generator: torch.Generator) -> torch.Tensor:

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 
 from baselines.base import Availability
-from harness.timing import synchronize
+from harness.measure.timing import synchronize
 
 # NVML clock-event reason bits (nvmlClocksEventReason*; the older name was "throttle reasons").
 CLOCK_EVENT_REASONS = {

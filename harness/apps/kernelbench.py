@@ -1,10 +1,10 @@
 """HilbertA's kernel benchmark: speed per sliding phase against dense SDPA and FlexAttention, and where
 the time goes.
 
-    python -m harness.bench_hilberta --resolutions 1024x1024,2048x2048 --tiles 16 --out DIR
+    python -m harness.apps.kernelbench --resolutions 1024x1024,2048x2048 --tiles 16 --out DIR
 
 For each resolution (Flux shapes: B=1, 24 heads, D=128, bf16, 512 text tokens, centre 1/4) it checks every
-timed callable against the exact reference, then times them interleaved (harness.timing): HilbertA at each
+timed callable against the exact reference, then times them interleaved (harness.measure.timing): HilbertA at each
 sliding phase, FlexAttention with the same mask, SDPA forced to FlashAttention-2 and to cuDNN. It also
 times the kernel's anatomy in the same rounds: the shared-row blocks alone, the local-row blocks alone, and
 the same kernel run dense (one tile, no centre), whose rate is the ceiling this kernel design reaches on
@@ -23,11 +23,11 @@ import torch
 
 from baselines.problem import Problem
 from baselines.registry import resolve
-from harness.correctness import check_correctness
-from harness.envinfo import fingerprint
-from harness.stats import summarize
-from harness.suite import CorrectnessPolicy
-from harness.timing import TimingPolicy, time_interleaved
+from harness.measure.correctness import check_correctness
+from harness.measure.envinfo import fingerprint
+from harness.measure.stats import summarize
+from harness.core.suite import CorrectnessPolicy
+from harness.measure.timing import TimingPolicy, time_interleaved
 from kernels.hilbert_attention import block_table, default_config, launch
 from kernels.layout import HilbertLayout
 

@@ -3,7 +3,7 @@
     python -m harness e2e [--resolutions 1024x1024,2048x2048] [--methods sdpa_cudnn,hilberta,...]
                           [--steps 28] [--step-repeats 5] [--weights DIR] [--out DIR] [--skip-denoise]
 
-Writes ``results.json`` (rows of kind "e2e", `harness.e2e.measure`) and env.json into the output
+Writes ``results.json`` (rows of kind "e2e", `harness.apps.e2e.measure`) and env.json into the output
 directory, the HTML report when the ``reports`` package is importable, and prints a table. Exit code 1
 when a case failed or its output was not finite, else 0 (unavailable and skipped cases are not failures).
 """
@@ -15,7 +15,7 @@ import math
 import sys
 from pathlib import Path
 
-from harness.e2e.flux_model import MODEL_SPECS
+from harness.apps.e2e.flux_model import MODEL_SPECS
 
 SUITE_NAME = "e2e-flux"
 GIB = 1024**3
@@ -108,9 +108,9 @@ def e2e_table(rows: list[dict]) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from harness.e2e.measure import E2ESettings, run_e2e_cases
-    from harness.results import RESULTS_NAME, ResultsFile, utc_now
-    from harness.runner import RESULTS_ROOT, default_device, exit_status, make_run_id, optional
+    from harness.apps.e2e.measure import E2ESettings, run_e2e_cases
+    from harness.core.results import RESULTS_NAME, ResultsFile, utc_now
+    from harness.core.runner import RESULTS_ROOT, default_device, exit_status, make_run_id, optional
 
     section = settings_section(args)
     E2ESettings.from_section(section)  # bad input fails before anything is built or written
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if (out_dir / RESULTS_NAME).exists():
         raise FileExistsError(f"{out_dir} already holds a run ({RESULTS_NAME}); choose another --out")
     results = ResultsFile(out_dir / RESULTS_NAME, run_id=run_id, suite=SUITE_NAME, policy={"e2e": section})
-    fingerprint, reason = optional("harness.envinfo", "fingerprint")
+    fingerprint, reason = optional("harness.measure.envinfo", "fingerprint")
     results.write_env(fingerprint(device) if fingerprint else {"status": "unavailable", "reason": reason})
     complete = False
     try:

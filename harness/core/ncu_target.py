@@ -1,9 +1,9 @@
 """The process Nsight Compute profiles: rebuild one case, warm it up, then run one marked call.
 
-``python -m harness._ncu_target --spec JSON`` with ``spec = {"method": <registry spec>, "problem":
+``python -m harness.core.ncu_target --spec JSON`` with ``spec = {"method": <registry spec>, "problem":
 Problem.to_dict()}``. The method is resolved through `baselines.registry`, prepared on CUDA and run on
 seeded random inputs; warm-up calls (compilation, autotuning, lazy initialisation) come first, then one
-call inside the NVTX range `MEASURED_RANGE`, which `harness.traffic` tells ncu to profile exclusively.
+call inside the NVTX range `MEASURED_RANGE`, which `harness.measure.traffic` tells ncu to profile exclusively.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def parse_spec(text: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m harness._ncu_target", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m harness.core.ncu_target", description=__doc__)
     parser.add_argument("--spec", required=True, help='{"method": ..., "problem": ...} as JSON')
     parser.add_argument("--warmup", type=int, default=3, help="unprofiled calls before the measured one")
     args = parser.parse_args(argv)

@@ -6,7 +6,7 @@ installing their attention processors. Per resolution, first diffusers' untouche
 every contender (the reference itself, dense references next, then the rest, so that speedups can be
 quoted as rows arrive) gets:
 
-- ``samples_ms``: transformer step latency (one forward at sigma 1, CUDA events, `harness.timing`), with
+- ``samples_ms``: transformer step latency (one forward at sigma 1, CUDA events, `harness.measure.timing`), with
   the once-per-forward token permutation inside it for methods that reorder tokens;
 - ``setup_ms``: ``prepare`` (all layers), ``first_call`` (compilation), ``permute`` (permute the latents and
   their RoPE ids, restore the output: median of its own timing), the methods' own setup summed over layers;
@@ -15,7 +15,7 @@ quoted as rows arrive) gets:
 - a full image: a flow-matching Euler loop of ``steps`` transformer calls on random latents and random
   prompt embeddings (no text encoders), then the VAE decode (diffusers' tiled decode where the full one runs
   out of memory, ``e2e.vae_decode_mode``) — their latencies, and ``e2e.joules_per_image`` over both from
-  NVML's energy counter (`harness.power.measure_energy`; "unavailable" without NVML);
+  NVML's energy counter (`harness.measure.power.measure_energy`; "unavailable" without NVML);
 - ``e2e.peak_memory_bytes`` (``torch.cuda.max_memory_allocated`` over the step timing, weights included);
 - ``correctness`` / ``e2e.output_rel_diff_vs_dense``: the relative difference of one transformer output from
   the reference's on the same inputs — a numerical check with random weights, not image quality. Only a
@@ -38,7 +38,7 @@ import torch
 from baselines.base import Method
 from baselines.problem import DTYPES, PIXELS_PER_TOKEN, Problem
 from baselines.registry import resolve
-from harness.e2e.flux_model import (
+from harness.apps.e2e.flux_model import (
     ModelSpec,
     build_transformer,
     build_vae,
@@ -49,15 +49,15 @@ from harness.e2e.flux_model import (
     model_spec,
     random_inputs,
 )
-from harness.power import measure_energy, nvml_available
-from harness.progress import Progress
-from harness.runner import error_row_fields, release_memory  # OOM -> skipped, a refusal -> unavailable
-from harness.stats import summarize
-from harness.timing import TimingPolicy, time_interleaved, time_once_ms
+from harness.measure.power import measure_energy, nvml_available
+from harness.core.progress import Progress
+from harness.core.runner import error_row_fields, release_memory  # OOM -> skipped, a refusal -> unavailable
+from harness.measure.stats import summarize
+from harness.measure.timing import TimingPolicy, time_interleaved, time_once_ms
 from kernels.reference import relative_error
 
 # diffusers is optional: without it every case is reported unavailable (processors imports it).
-processors = importlib.import_module("harness.e2e.processors") if diffusers_available() else None
+processors = importlib.import_module("harness.apps.e2e.processors") if diffusers_available() else None
 
 REFERENCE = "diffusers_sdpa"
 OUTPUT_CHECK = "numerical check with random weights, not image quality"

@@ -12,12 +12,12 @@ References live in ``suites/references/<gpu-slug>/<suite>.json`` (see suites/ref
 ``--reference auto`` picks the one for the candidate's GPU and suite, and ``--update-reference`` stores
 the candidate there, on purpose and saying so. The default threshold comes from ``--threshold``, else
 the suite's ``[gate] threshold_pct``; the suite's ``[gate.overrides]`` (case-id glob -> percent) set
-per-case thresholds (`harness.suite.GateThresholds`).
+per-case thresholds (`harness.core.suite.GateThresholds`).
 
 Outputs: exit code (0 pass, 1 fail, 2 unusable input or refused), ``verdict.json``, ``summary.md`` (a
 markdown table for ``$GITHUB_STEP_SUMMARY``, worst case first), and the same table printed.
 A/B mode (``--ab REV_A REV_B``) times two git revisions on one card and gates them the same way
-(`harness.abtest`).
+(`harness.apps.gate.abtest`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from harness import PROJECT_ROOT
 
 DEFAULT_THRESHOLD_PCT = 5.0
 ALPHA = 0.01  # Mann-Whitney significance a regression or improvement must also reach
@@ -37,8 +38,7 @@ N_BOOT = 4000  # bootstrap resamples for the ratio's confidence interval
 GATED_KINDS = ("kernel", "e2e")
 # What two runs must share, as (label, fingerprint keys: the first one present counts).
 COMPARABLE_ENV = {"gpu_name": ("GPU model", ("gpu_name",)), "driver": ("driver", ("driver_version", "driver"))}
-REPO_ROOT = Path(__file__).resolve().parent.parent
-REFERENCES_DIR = REPO_ROOT / "suites" / "references"
+REFERENCES_DIR = PROJECT_ROOT / "suites" / "references"
 EXIT_PASS, EXIT_FAIL, EXIT_UNUSABLE = 0, 1, 2
 
 
@@ -123,7 +123,7 @@ def _is_incorrect(row: Mapping) -> bool:
 
 
 def _timed_outcome(ref: Mapping, cand: Mapping, threshold_pct: float, level: float, seed: int) -> dict:
-    from harness import stats
+    from harness.measure import stats
 
     ref_ms, cand_ms = list(ref.get("samples_ms") or []), list(cand.get("samples_ms") or [])
     fields: dict = {"ref_n": len(ref_ms), "cand_n": len(cand_ms)}
@@ -203,7 +203,7 @@ def compare(reference: Mapping, candidate: Mapping, threshold_pct: float = DEFAU
         raise ValueError(f"level must be in (0, 1), got {level}")
     if threshold_pct < 0:
         raise ValueError(f"threshold_pct must be >= 0, got {threshold_pct}")
-    from harness.suite import GateThresholds
+    from harness.core.suite import GateThresholds
 
     thresholds = GateThresholds(threshold_pct, dict(per_case or {}))
     allow_missing = tuple(allow_missing)
@@ -276,7 +276,7 @@ def summary_markdown(verdict: Mapping) -> str:
 
 def write_outputs(verdict: Mapping, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``verdict.json`` and ``summary.md`` into ``out_dir``; returns their paths."""
-    from harness.results import write_json_atomic
+    from harness.core.results import write_json_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -294,7 +294,7 @@ def store_reference(candidate: Mapping, source: str) -> Path:
         raise ValueError(f"not storing a reference with incorrect cases: {', '.join(incorrect)}")
     if not any(row.get("status") == "ok" for row in rows.values()):
         raise ValueError("not storing a reference without a single ok kernel or e2e case")
-    from harness.results import utc_now, write_json_atomic
+    from harness.core.results import utc_now, write_json_atomic
 
     path = stored_reference_path(candidate)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -305,7 +305,7 @@ def store_reference(candidate: Mapping, source: str) -> Path:
 # ---- command line ----------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from harness import abtest
+    from harness.apps.gate import abtest
 
     parser.add_argument("--reference", metavar="A",
                         help="results dir or file, a stored reference, or 'auto' (the stored reference for "
@@ -333,7 +333,7 @@ def _default_out(candidate: str) -> Path:
 def gate_settings(args: argparse.Namespace, suite: str | None) -> dict:
     """compare()'s keyword arguments from the command line and the suite's ``[gate]`` table (when the
     suite still exists: a stored run may outlive its suite file)."""
-    from harness.suite import SuiteError, load_suite, suite_path
+    from harness.core.suite import SuiteError, load_suite, suite_path
 
     gate = None
     if suite:
@@ -358,7 +358,7 @@ def report(verdict: Mapping, out_dir: str | os.PathLike) -> int:
 
 
 def _gate_files(args: argparse.Namespace) -> int:
-    from harness.results import load_results
+    from harness.core.results import load_results
 
     candidate = load_results(args.candidate)
     ref_path = stored_reference_path(candidate) if args.reference in (None, "auto") else Path(args.reference)
@@ -382,7 +382,7 @@ def _gate_files(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.ab:
-        from harness import abtest
+        from harness.apps.gate import abtest
 
         return abtest.run(args)
     if not args.candidate or not (args.reference or args.update_reference):

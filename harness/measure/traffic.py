@@ -1,6 +1,6 @@
 """Memory traffic of one attention call, counted by Nsight Compute (ncu) in a child process.
 
-`measure_traffic` runs ``python -m harness._ncu_target`` under ``ncu --clock-control none`` (measure the
+`measure_traffic` runs ``python -m harness.core.ncu_target`` under ``ncu --clock-control none`` (measure the
 card as found; ncu's default locks base clocks) and profiles only the kernels launched inside the
 target's NVTX range, i.e. one warmed-up call of the method. It sums DRAM bytes read and written, L2
 (LTS) bytes and kernel durations over those launches. ncu replays each kernel with caches flushed
@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 from baselines.base import Availability
-from harness._ncu_target import MEASURED_RANGE
-from harness.power import unavailable
+from harness import PROJECT_ROOT
+from harness.core.ncu_target import MEASURED_RANGE
+from harness.measure.power import unavailable
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FALLBACK_NCU = Path("/usr/local/cuda/bin/ncu")
 NOT_FOUND = "ncu not found on PATH or in /usr/local/cuda/bin"
 # ncu metric -> key of its total in the result (bytes, or nanoseconds for the duration)
@@ -232,6 +232,6 @@ def measure_traffic(case_spec: dict, out_dir: str | Path, kernel_regex: str | No
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = {"method": case_spec["method"], "problem": case_spec["problem"]}
-    target = [sys.executable, "-m", "harness._ncu_target", "--spec", json.dumps(spec), "--warmup", str(warmup)]
+    target = [sys.executable, "-m", "harness.core.ncu_target", "--spec", json.dumps(spec), "--warmup", str(warmup)]
     result = _profile(target, out_dir / f"{_file_stem(case_spec, spec)}.csv", kernel_regex, timeout_s)
     return {**result, "kernel_regex": kernel_regex}

@@ -3,10 +3,10 @@
 For each problem (one resolution) every case is first made ready on its own: availability, prepare
 (layout and mask build, ``setup_ms.layout``), the first call (compilation, ``setup_ms.first_call``), the
 correctness check against the exact reference, the permutation cost and locality. Then all ready cases of
-the problem are timed *together*, interleaved in rounds (`harness.timing.time_interleaved`) while NVML
+the problem are timed *together*, interleaved in rounds (`harness.measure.timing.time_interleaved`) while NVML
 samples clocks, and each gets its power, memory traffic and a clock snapshot where the suite asks.
 Anything that goes wrong in one case (an exception, out of memory) becomes that case's row with a reason;
-the run goes on. ``results.json`` is rewritten after every case (`harness.results.ResultsFile`).
+the run goes on. ``results.json`` is rewritten after every case (`harness.core.results.ResultsFile`).
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from typing import ClassVar
 import torch
 
 from baselines.base import PreparedAttention
-from harness import derived, stats, timing
-from harness.correctness import check_correctness
-from harness.power import unavailable
-from harness.progress import Progress
-from harness.results import PYTEST_BENCHMARK_NAME, RESULTS_NAME, ResultsFile, export_pytest_benchmark, utc_now
-from harness.suite import SUITES_DIR, CaseSpec, Suite
+from harness.measure import derived, stats, timing
+from harness.measure.correctness import check_correctness
+from harness.measure.power import unavailable
+from harness.core.progress import Progress
+from harness.core.results import PYTEST_BENCHMARK_NAME, RESULTS_NAME, ResultsFile, export_pytest_benchmark, utc_now
+from harness.core.suite import SUITES_DIR, CaseSpec, Suite
 
 RESULTS_ROOT = Path("results")
 OOM_ERRORS = (torch.OutOfMemoryError,)
@@ -102,8 +102,8 @@ class _Measures:
     """The optional measurement pieces, probed once per run (each may be missing or unusable here)."""
 
     def __init__(self, suite: Suite, device: torch.device):
-        self.power, self.power_reason = self._probe("power", "harness.power", "nvml_available", suite, device)
-        self.traffic, self.traffic_reason = self._probe("traffic", "harness.traffic", "ncu_available", suite, device)
+        self.power, self.power_reason = self._probe("power", "harness.measure.power", "nvml_available", suite, device)
+        self.traffic, self.traffic_reason = self._probe("traffic", "harness.measure.traffic", "ncu_available", suite, device)
         self.locality, self.locality_reason = (optional("baselines.locality", "locality")
                                                if "locality" in suite.metrics else (None, None))
 
@@ -164,7 +164,7 @@ class SuiteRun:
         return self.out_dir
 
     def _environment(self) -> dict:
-        fingerprint, reason = optional("harness.envinfo", "fingerprint")
+        fingerprint, reason = optional("harness.measure.envinfo", "fingerprint")
         if fingerprint is None:
             return unavailable(reason)
         try:
@@ -277,7 +277,7 @@ class SuiteRun:
     def _time(self, ready: list[ReadyCase], inputs) -> None:
         """Time all ready cases interleaved; a case that raises is marked and the rest timed again."""
         pending = {item.case.case_id: item for item in ready}
-        sampler_class, reason = optional("harness.power", "PowerSampler")
+        sampler_class, reason = optional("harness.measure.power", "PowerSampler")
         while pending:
             fns = {cid: (lambda p=item.prepared: p.run(*inputs)) for cid, item in pending.items()}
             self.progress.step(f"timing {len(fns)} cases of {ready[0].case.problem.resolution}")
@@ -329,12 +329,12 @@ class SuiteRun:
                     release_memory(self.device)
             self.progress.advance(STAGE_WEIGHTS[metric], note=f"{metric} done")
         if self.device.type == "cuda":
-            snapshot, reason = optional("harness.power", "snapshot")
+            snapshot, reason = optional("harness.measure.power", "snapshot")
             row.setdefault("clocks", {})["after"] = snapshot(self.device) if snapshot else unavailable(reason)
 
     def _run_e2e(self) -> None:
         self.progress.message("end-to-end Flux cases")
-        run_cases, reason = optional("harness.e2e", "run_e2e_cases")
+        run_cases, reason = optional("harness.apps.e2e", "run_e2e_cases")
         if run_cases is None:
             self.results.add_case({"kind": "e2e", "case": "e2e", "status": "unavailable", "reason": reason})
             return

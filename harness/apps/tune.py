@@ -4,10 +4,10 @@ For every problem (resolution x tiles) of a kernel (`TARGETS`: ``hilberta``, ``s
 kernel's config space (`kernels.config.config_space`, narrowed to the knobs the kernel has):
 
 1. each candidate is compiled and checked against the exact reference on a row sample
-   (`harness.correctness.check_correctness`, bf16 tolerance 1e-2); one that does not compile or does not
+   (`harness.measure.correctness.check_correctness`, bf16 tolerance 1e-2); one that does not compile or does not
    fit (Triton's CompilationError / OutOfResources / PTXASError, CUDA out of memory) is skipped with the
    reason, one that is wrong is recorded as incorrect; neither is ever timed, let alone picked;
-2. a coarse pass times every correct candidate interleaved (`harness.timing.time_interleaved`) with a few
+2. a coarse pass times every correct candidate interleaved (`harness.measure.timing.time_interleaved`) with a few
    samples; 3. the top k, plus the default, are timed again with more samples; the fastest median wins;
 4. the winner and the safe default (`kernels.config.DEFAULTS`) are timed against each other, interleaved,
    for the speedup and its CI that go into the stored evidence (if the default wins that head-to-head,
@@ -107,7 +107,7 @@ def _parse_pairs(text: str, what: str) -> list[tuple[int, int]]:
 
 def _problems(args: argparse.Namespace) -> list[Problem]:
     """One problem per ``--resolutions`` entry (pixels, WIDTHxHEIGHT), in the shape the arguments give."""
-    from harness.suite import parse_resolution
+    from harness.core.suite import parse_resolution
 
     shape = {"text_tokens": args.text_tokens, "heads": args.heads, "head_dim": args.head_dim, "dtype": args.dtype}
     return [parse_resolution(text, **shape) for text in args.resolutions.split(",")]
@@ -238,8 +238,8 @@ def _candidate_row(target: TuneTarget, tp: TuneProblem, config: KernelConfig, is
 def _check_candidates(target: TuneTarget, tp: TuneProblem, configs: list[KernelConfig], device: torch.device,
                       deadline: float, inputs) -> list[Candidate]:
     """Compile and check every config; only correct ones get a call to time."""
-    from harness.correctness import check_correctness
-    from harness.suite import CorrectnessPolicy
+    from harness.measure.correctness import check_correctness
+    from harness.core.suite import CorrectnessPolicy
 
     default = kconfig.DEFAULTS[target.name]
     policy = CorrectnessPolicy()
@@ -273,8 +273,8 @@ def _check_candidates(target: TuneTarget, tp: TuneProblem, configs: list[KernelC
 def _time(candidates: list[Candidate], policy: dict, device: torch.device, stage: str) -> None:
     """Time the candidates interleaved; their rows get the samples of this pass. One that raises while
     being timed is marked failed and the pass is repeated without it."""
-    from harness import stats
-    from harness.timing import TimedFnError, TimingPolicy, time_interleaved
+    from harness.measure import stats
+    from harness.measure.timing import TimedFnError, TimingPolicy, time_interleaved
 
     pending = {c.config.name: c for c in candidates if c.call is not None}
     while pending:
@@ -302,7 +302,7 @@ def _alive(candidates: list[Candidate]) -> list[Candidate]:
 
 def _evidence(best: Candidate, default: Candidate | None, n_timed: int) -> dict:
     """What `kernels.config.store` keeps next to the winner; the speedup is default / winner."""
-    from harness import stats
+    from harness.measure import stats
 
     evidence = {"median_ms": best.row["median_ms"], "ci95_ms": best.row["ci95_ms"],
                 "default_median_ms": default.row["median_ms"] if default else None,
@@ -390,8 +390,8 @@ def speedup_table(outcomes: list[ProblemOutcome]) -> str:
 def tune(kernels: Sequence[str], args: argparse.Namespace, plan: TunePlan, device: torch.device, out_dir: Path,
          write: bool) -> tuple[list[ProblemOutcome], Path]:
     """Tune every problem of every kernel; write results.json and (if ``write``) the winners."""
-    from harness.envinfo import fingerprint
-    from harness.results import RESULTS_NAME, ResultsFile
+    from harness.measure.envinfo import fingerprint
+    from harness.core.results import RESULTS_NAME, ResultsFile
 
     deadline = time.monotonic() + plan.budget_s
     arch = kconfig.device_arch(device)
@@ -420,8 +420,8 @@ def store_from_results(path: Path) -> list[Path]:
     """Store the winners of a finished tune run from its results file alone: for a tune that ran on a
     remote GPU runner whose results came back but whose ``kernels/configs`` did not. The evidence is
     recomputed from the chosen and default rows' raw samples, exactly as `tune` computes it."""
-    from harness import stats
-    from harness.results import load_results
+    from harness.measure import stats
+    from harness.core.results import load_results
 
     data = load_results(path)
     rows = [r for r in data["cases"] if r.get("kind") == "tune" and r.get("status") == "ok"]

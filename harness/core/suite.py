@@ -15,13 +15,13 @@ time; a mistake raises `SuiteError` naming it and its line in the file::
     methods = ["sdpa_cudnn", {method = "hilberta", tiles = 16}, {method = "hilberta", tiles = 4, layers = [0]}]
     matched_density = [16]                          # add sparse peers within 2 points of HilbertA T=16
 
-    [timing]        # harness.timing.TimingPolicy
+    [timing]        # harness.measure.timing.TimingPolicy
     [correctness]   # tolerances per dtype, rows sampled for big L
     [power]         # min_window_s, layers / methods to measure
     [traffic]       # layers / methods to profile with ncu (one subprocess per case)
     [locality]      # radii, sample (baselines.locality)
     [density_sweep] # methods with list-valued parameters, expanded into every combination
-    [e2e]           # passed as is to harness.e2e
+    [e2e]           # passed as is to harness.apps.e2e
     [gate]          # threshold_pct and per-case overrides (glob -> percent)
 
 A method entry is a registry spec (`baselines.registry.resolve`) plus the harness-only key ``layers``.
@@ -41,9 +41,10 @@ from types import MappingProxyType
 
 from baselines.base import Method
 from baselines.problem import DTYPES, Problem
-from harness.timing import TimingPolicy
+from harness.measure.timing import TimingPolicy
+from harness import PROJECT_ROOT
 
-SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+SUITES_DIR = PROJECT_ROOT / "suites"
 METRICS = ("timing", "power", "traffic", "e2e", "locality")
 # Method categories whose mask slides with the layer index: only they run once per phase in `layers`.
 LAYERED_CATEGORIES = frozenset({"hilberta", "control"})
@@ -99,7 +100,7 @@ class CaseSpec:
         return f"{self.problem.resolution}/{self.method.name}/layer{self.problem.layer}"
 
     def to_dict(self) -> dict:
-        """JSON-able description, enough for a subprocess to rebuild the case (harness.traffic)."""
+        """JSON-able description, enough for a subprocess to rebuild the case (harness.measure.traffic)."""
         return {"case": self.case_id, "method": dict(self.spec), "method_name": self.method.name,
                 "problem": self.problem.to_dict(), "group": self.group}
 
@@ -479,9 +480,9 @@ class _Loader:
                 for combo in itertools.product(*grids)]
 
     def check_e2e(self, section: dict) -> None:
-        """The [e2e] table is harness.e2e's to define; its own validation, with our line numbers."""
+        """The [e2e] table is harness.apps.e2e's to define; its own validation, with our line numbers."""
         try:
-            from harness.e2e import E2ESettings
+            from harness.apps.e2e import E2ESettings
         except ImportError:  # the runner reports e2e as unavailable
             return
         try:

@@ -1,11 +1,11 @@
 """A/B mode of the gate: two git revisions timed on the same card, interleaved, then gated B against A.
 
 `run_ab` checks each revision out into a temporary worktree (``git worktree add --detach``) and starts one
-persistent worker per revision: ``python -m harness.abtest --worker`` with PYTHONPATH at that worktree,
+persistent worker per revision: ``python -m harness.apps.gate.abtest --worker`` with PYTHONPATH at that worktree,
 so each side imports its own kernels and baselines. For every case both workers prepare it (and check its
 correctness); then timing rounds alternate between them, A B, B A, A B, ..., so clock and power drift hit
 both sides alike, as asv's ``--interleave-rounds`` does. The samples become two results files that
-`harness.gate.compare` gates, B (candidate) against A (reference).
+`harness.apps.gate.compare.compare` gates, B (candidate) against A (reference).
 
 Worker protocol: one JSON object per line each way, on the worker's stdin and stdout (anything else the
 worker prints goes to stderr). Requests and replies:
@@ -17,7 +17,7 @@ worker prints goes to stderr). Requests and replies:
 
 A failed request answers ``{"ok": false, "error": "..."}`` and the worker waits for the next one; the parent
 records that side of the case as "failed" (say, a method the older revision does not have). The case
-payload is `harness.suite.CaseSpec.to_dict()` plus the suite's correctness policy; ``--builder
+payload is `harness.core.suite.CaseSpec.to_dict()` plus the suite's correctness policy; ``--builder
 module:function`` swaps the function that turns it into something to time (tests use a fake that sleeps).
 Only commits are compared: uncommitted changes are in neither worktree.
 """
@@ -37,9 +37,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from harness import PROJECT_ROOT
 
 PROTOCOL = 1
-DEFAULT_BUILDER = "harness.abtest:build_case"
+DEFAULT_BUILDER = "harness.apps.gate.abtest:build_case"
 FIRST_WARMUP_MS = 200.0  # the first round of a case: caches, clocks and lazy init settle
 ROUND_WARMUP_MS = 20.0  # later rounds: the other revision's kernels ran in between
 
@@ -70,10 +71,10 @@ def build_case(payload: Mapping, device) -> PreparedCase:
     """The real builder: resolve the method, prepare it on the problem, check it against the exact
     reference (the suite's tolerances travel in ``payload["correctness"]``), and hold its inputs."""
     from baselines.registry import MethodUnavailable, resolve
-    from harness._ncu_target import problem_from_dict
-    from harness.correctness import check_correctness
-    from harness.runner import base_row
-    from harness.suite import CaseSpec, CorrectnessPolicy
+    from harness.core.ncu_target import problem_from_dict
+    from harness.measure.correctness import check_correctness
+    from harness.core.runner import base_row
+    from harness.core.suite import CaseSpec, CorrectnessPolicy
 
     case = CaseSpec(problem_from_dict(payload["problem"]), resolve(payload["method"]), payload["method"],
                     payload.get("group", "main"))
@@ -112,10 +113,9 @@ class WorkerSession:
         self.ops = {"hello": self.hello, "prepare": self.prepare, "time": self.time}
 
     def hello(self, request: Mapping) -> dict:
-        import harness
-        from harness.envinfo import fingerprint
+        from harness.measure.envinfo import fingerprint
 
-        return {"protocol": PROTOCOL, "root": str(Path(harness.__file__).resolve().parent.parent),
+        return {"protocol": PROTOCOL, "root": str(PROJECT_ROOT),
                 "env": fingerprint(self.device)}
 
     def prepare(self, request: Mapping) -> dict:
@@ -124,7 +124,7 @@ class WorkerSession:
         return {"row": self.case.row}
 
     def time(self, request: Mapping) -> dict:
-        from harness.timing import TimingPolicy, time_interleaved
+        from harness.measure.timing import TimingPolicy, time_interleaved
 
         if self.case is None or self.case.call is None:
             raise ValueError("no runnable case is prepared: send 'prepare' first")
@@ -156,7 +156,7 @@ def serve(lines: Iterable[str], send: Callable[[dict], None], session: WorkerSes
 
 
 def worker_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.abtest", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.apps.gate.abtest", description=__doc__.split("\n")[0])
     parser.add_argument("--worker", action="store_true", required=True, help="serve the protocol on stdin/stdout")
     parser.add_argument("--builder", default=DEFAULT_BUILDER, help="module:function turning a case into a call")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -200,6 +200,19 @@ def worktree(repo: Path, revision: str, path: Path) -> Iterator[tuple[Path, str]
         _git(repo, "worktree", "remove", "--force", str(path))
 
 
+# Where the worker lives in each layout of the tree, newest first (revisions before the layered harness
+# kept it at harness/abtest.py), so that A/B can compare across the move.
+WORKER_MODULES = ("harness.apps.gate.abtest", "harness.abtest")
+
+
+def worker_module(root: Path) -> str | None:
+    """The worker's module in the checkout at ``root``, or None when that revision has none."""
+    for module in WORKER_MODULES:
+        if (root / (module.replace(".", "/") + ".py")).is_file():
+            return module
+    return None
+
+
 class WorkerProcess:
     """The parent's handle on one worker: send a request, read its one-line reply."""
 
@@ -207,12 +220,16 @@ class WorkerProcess:
                  device: str | None = None):
         self.label, self.root = label, root
         self.env: dict = {}  # the worker's fingerprint, from its hello
-        if not (root / "harness" / "abtest.py").is_file():
-            raise AbTestError(f"revision {label} has no harness/abtest.py: it predates A/B mode")
+        module = worker_module(root)
+        if module is None:
+            raise AbTestError(f"revision {label} has no A/B worker ({' or '.join(WORKER_MODULES)}): "
+                              "it predates A/B mode")
         # the worktree first, so it shadows any other checkout; the rest (say, a wheel dir) stays reachable
         path = [str(root), *extra_path, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-        command = [sys.executable, "-m", "harness.abtest", "--worker", "--builder", builder]
+        if builder == DEFAULT_BUILDER:  # that revision's own builder, wherever its layout keeps it
+            builder = f"{module}:build_case"
+        command = [sys.executable, "-m", module, "--worker", "--builder", builder]
         self.proc = subprocess.Popen(command + (["--device", device] if device else []), cwd=root, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
 
@@ -272,7 +289,7 @@ def _failed_row(payload: Mapping, error: Exception) -> dict:
 def time_case(pair: Mapping[str, WorkerProcess], payload: Mapping, rounds: int, round_samples: int) -> dict:
     """Prepare one case in both workers and, when both can run it, time it in alternating rounds
     (A B, B A, ...). Returns {label: results row}; a side whose request fails gets a "failed" row."""
-    from harness import stats
+    from harness.measure import stats
 
     rows = {}
     for label, worker in pair.items():
@@ -301,7 +318,7 @@ def run_ab(repo: Path, revisions: Mapping[str, str], payloads: Sequence[Mapping]
            extra_path: Sequence[str] = (), device: str | None = None) -> dict[str, dict]:
     """Time every case of ``payloads`` at each revision ({label: git revision}); write one results file
     per label under ``out_dir/<label>/`` and return {label: results dict}."""
-    from harness.results import RESULTS_NAME, ResultsFile
+    from harness.core.results import RESULTS_NAME, ResultsFile
 
     if rounds < 2 or round_samples < 1:
         raise ValueError(f"need rounds >= 2 (to alternate the order) and round_samples >= 1, "
@@ -343,8 +360,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``gate --ab REV_A REV_B --suite NAME``: exit code as the gate's."""
-    from harness import gate
-    from harness.suite import load_suite
+    from harness.apps.gate import compare as gate
+    from harness.core.suite import load_suite
 
     if not args.suite:
         print("gate --ab: name the suite to time with --suite (e.g. bench-ci)")

@@ -31,7 +31,7 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
 from baselines.base import Method, PreparedAttention
 from baselines.problem import Problem
-from harness.e2e.flux_model import FluxInputs
+from harness.apps.e2e.flux_model import FluxInputs
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 PROCESSOR_NAME = re.compile(r"(?P<single>single_)?transformer_blocks\.(?P<index>\d+)\.attn\.processor")
