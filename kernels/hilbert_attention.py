@@ -59,7 +59,8 @@ def _attend_block(acc, l_i, m_i, q, K, V, k_base, v_base, row0, start_n, hi, str
     return acc, l_i, m_ij
 
 
-@triton.jit
+# problem sizes are not specialized on (divisibility by 16), so one compiled kernel serves every resolution
+@triton.jit(do_not_specialize=["seq_len", "num_heads", "num_bh", "num_blocks", "heavy_blocks"])
 def _hilberta_fwd(Q, K, V, O, TABLE, qk_scale, seq_len,
                   stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                   stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om, num_heads,

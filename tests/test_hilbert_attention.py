@@ -28,6 +28,9 @@ CONFIGS = [
     KernelConfig(block_m=32, block_n=16, num_warps=4, num_stages=1, flat_loop=True),
     KernelConfig(block_m=16, block_n=32, num_warps=4, num_stages=1, tma=True),
     KernelConfig(block_m=16, block_n=16, num_warps=4, num_stages=1, head_major=True),
+    # the shapes of the stored H100 entries: TMA and head-major, with and without the flat loop
+    KernelConfig(block_m=16, block_n=16, num_warps=4, num_stages=1, tma=True, head_major=True),
+    KernelConfig(block_m=16, block_n=16, num_warps=4, num_stages=1, flat_loop=True, tma=True, head_major=True),
 ]
 
 
@@ -138,3 +141,14 @@ def test_heavy_blocks_counts_the_leading_full_sweeps(layout, block_m, expected):
     from kernels.hilbert_attention import heavy_blocks
 
     assert heavy_blocks(layout.block_table(0, block_m), layout.seq_len) == expected
+
+
+@pytest.mark.parametrize("side,tiles", [(64, 16), (64, 4), (128, 16), (128, 4), (256, 16), (256, 4), (256, 64)])
+def test_every_suite_problem_has_a_tuned_h100_entry(side, tiles):
+    """No bench suite case at 1024/2048/4096 runs on the safe default on an H100 (issue #14)."""
+    from kernels.config import config_key, config_space, lookup
+
+    layout = HilbertLayout(side, side, 512, tiles)
+    config, source = lookup("hilberta", "sm90", config_key(128, torch.bfloat16, layout.seq_len, layout.tile_len))
+    assert source.startswith("sm90.json:"), f"{side * 16}x{side * 16} T={tiles}: {source}"
+    assert config in config_space(128), f"stored {config.name} is outside the space the tuner searches"
