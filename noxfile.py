@@ -16,6 +16,7 @@ harness command.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ nox.options.sessions = ["tests"]
 ROOT = Path(__file__).resolve().parent
 CPU_TORCH = "torch==2.13.0"
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+NOX_REQUIREMENT = f"nox{nox.needs_version}"
 VENV_PARAMS = ["--system-site-packages"]
 # GPU suites: session name = suite name; each ends with the HTML report.
 BENCH_SUITES = {
@@ -36,6 +38,7 @@ BENCH_SUITES = {
     "bench-ci": "the suite CI gates merges on (a few minutes on an H100)",
     "density-sweep": "speed against density for every sparse method at 2048x2048",
     "e2e-flux": "end-to-end Flux.1-dev transformer steps with each attention method",
+    "kernel-bench": "HilbertA's kernel per sliding phase vs FA2, cuDNN and Flex (same mask), and its anatomy",
 }
 EXTRAS = {"e2e-flux": "e2e"}
 
@@ -81,8 +84,15 @@ def _harness(session: nox.Session, *args: str, env: dict | None = None) -> None:
 
 @nox.session(venv_params=VENV_PARAMS)
 def tests(session: nox.Session) -> None:
-    """Unit tests; Triton kernels run in its interpreter unless CUDA is present."""
-    _setup(session, extras="test", cpu_torch=True)
+    """The import contracts (`lint-imports`: the layers of docs/architecture.md), then the unit tests; Triton
+    kernels run in its interpreter unless CUDA is present."""
+    _setup(session, extras="test", cpu_torch=True)  # the test extra brings import-linter
+    if not _no_venv(session):
+        session.install(NOX_REQUIREMENT)  # tests/test_cli.py loads this noxfile: without nox they would skip
+    if _no_venv(session) and shutil.which("lint-imports") is None:
+        session.warn("lint-imports is not installed here: the import contracts are not checked (pip install import-linter)")
+    else:
+        session.run("lint-imports", "--no-cache", external=_no_venv(session))
     env = {} if _cuda_present(session) else {"TRITON_INTERPRET": "1"}
     session.run(_python(session), "-m", "pytest", *session.posargs, env=env)
 

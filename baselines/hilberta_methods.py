@@ -26,7 +26,9 @@ from baselines.flex_common import TokenMask, flex_probe, prepare_flex
 from baselines.problem import Problem
 from baselines.registry import (
     Param,
+    config_name,
     fraction,
+    kernel_config,
     one_of,
     positive_int,
     register_family,
@@ -34,6 +36,7 @@ from baselines.registry import (
 )
 
 DEFAULTS = {"tiles": 16, "centre": 0.25, "curve": "hilbert", "cycle": 4}
+ROW_PARTS = ("all", "shared", "local")  # the query blocks the kernel runs: all, or one kind (its anatomy)
 
 
 def _params(curves: tuple[str, ...]) -> dict[str, Param]:
@@ -58,6 +61,10 @@ def _namer(prefix: str):
             parts.append(f"f{p['centre']:g}")
         if p["cycle"] != DEFAULTS["cycle"]:
             parts.append(f"cyc{p['cycle']}")
+        if p.get("config") is not None:  # a launch config given, not looked up (tune's candidates)
+            parts.append(f"cfg_{config_name(p['config'])}")
+        if p.get("rows", "all") != "all":  # the kernel's anatomy: one kind of query rows only
+            parts.append(f"{p['rows']}_rows")
         return "_".join(parts)
 
     return name
@@ -68,6 +75,8 @@ def _labeler(title: str):
         extras = [p["curve"]] if p.get("curve", "hilbert") != "hilbert" else []
         extras += [f"f={p['centre']:g}"] if p["centre"] != DEFAULTS["centre"] else []
         extras += [f"cycle {p['cycle']}"] if p["cycle"] != DEFAULTS["cycle"] else []
+        extras += [f"config {config_name(p['config'])}"] if p.get("config") is not None else []
+        extras += [f"{p['rows']} rows only"] if p.get("rows", "all") != "all" else []
         return f"{title} T={p['tiles']}" + (f" ({', '.join(extras)})" if extras else "")
 
     return label
@@ -100,8 +109,36 @@ def _kernel_probe(device: torch.device, **_params) -> Availability:
     return triton_kernel_probe(device, "kernels.hilbert_attention", "triton-hilberta")
 
 
+def _anatomy_part(layout, layer: int, config, rows: str, device: torch.device) -> tuple:
+    """The kernel over only the shared-row (text and centre) or only the local-row query blocks of its block
+    table, to see where its time goes: (run, allowed pairs, computed pairs, extra). Shared rows are the first
+    S of the sequence, each in blocks of its own, and attend every key."""
+    from kernels.hilbert_attention import block_table, heavy_blocks, hilbert_attention_computed_pairs, launch
+
+    s, length = layout.shared_tokens, layout.seq_len
+    table = block_table(layout, layer, config.block_m, device)
+    shared_blocks = -(-s // config.block_m)
+    shared_computed = shared_blocks * config.block_m * (-(-length // config.block_n) * config.block_n)
+    if rows == "shared":
+        part, allowed, computed, span = table[:shared_blocks], s * length, shared_computed, [0, s]
+    else:
+        part, span = table[shared_blocks:], [s, length]
+        allowed = layout.allowed_pairs(layer) - s * length
+        computed = hilbert_attention_computed_pairs(layout, layer, config) - shared_computed
+
+    heavy = heavy_blocks(part, length) if config.head_major else None  # a read-back: here, not in the timed call
+
+    def run(q, k, v):
+        out = torch.empty_like(q)
+        launch(q, k, v, out, part, config, heavy=heavy)
+        return out
+
+    return run, allowed, computed, {"row_range": span}  # the correctness check reads only these rows
+
+
 def _build_kernel(problem: Problem, device: torch.device, tiles: int, centre: float, curve: str,
-                  cycle: int) -> PreparedAttention:
+                  cycle: int, config: dict | None = None, rows: str = "all") -> PreparedAttention:
+    from kernels.config import KernelConfig
     from kernels.hilbert_attention import (
         default_config,
         hilbert_attention,
@@ -110,26 +147,39 @@ def _build_kernel(problem: Problem, device: torch.device, tiles: int, centre: fl
 
     layout, layout_ms = layout_for(problem, tiles, centre, curve, cycle)
     layer = problem.layer
-    config, source = default_config(layout, problem.head_dim, problem.torch_dtype, device)
+    if config is None:
+        config, source = default_config(layout, problem.head_dim, problem.torch_dtype, device)
+    else:
+        config, source = KernelConfig(**config), "given"
 
-    def run(q, k, v):
-        return hilbert_attention(q, k, v, layout, layer, config)
+    if rows == "all":
+        def run(q, k, v):
+            return hilbert_attention(q, k, v, layout, layer, config)
 
+        allowed, computed = layout.allowed_pairs(layer), hilbert_attention_computed_pairs(layout, layer, config)
+        part = {}
+    else:
+        run, allowed, computed, part = _anatomy_part(layout, layer, config, rows, device)
     return PreparedAttention(
         method="hilberta", problem=problem, backend="triton-hilberta", run=run,
-        image_order=layout.permutation(), mask_rows=lambda rows: layout.mask_rows(rows, layer),
-        allowed_pairs=layout.allowed_pairs(layer),
-        computed_pairs=hilbert_attention_computed_pairs(layout, layer, config),
-        setup_ms={"layout": layout_ms},
-        extra={**_layout_facts(layout, layer), "config": config.to_dict(), "config_source": source})
+        image_order=layout.permutation(), mask_rows=lambda query_rows: layout.mask_rows(query_rows, layer),
+        allowed_pairs=allowed, computed_pairs=computed, setup_ms={"layout": layout_ms},
+        extra={**_layout_facts(layout, layer), "config": config.to_dict(), "config_source": source, **part})
 
 
-@register_family("hilberta", category="hilberta", params=_params(("hilbert", "closed")),
+KERNEL_PARAMS = {
+    "config": Param(None, "a launch config (KernelConfig fields); default: the stored tuned one", kernel_config),
+    "rows": Param("all", "all | shared | local: every query block, or the kernel's anatomy (only the shared-row "
+                         "blocks, text and centre, or only the local-row blocks)", one_of(*ROW_PARTS)),
+}
+
+
+@register_family("hilberta", category="hilberta", params={**_params(("hilbert", "closed")), **KERNEL_PARAMS},
                  method_name=_namer("hilberta"), label=_labeler("HilbertA"), probe=_kernel_probe)
 def build_hilberta(problem: Problem, device: torch.device, *, tiles: int, centre: float, curve: str,
-                   cycle: int) -> PreparedAttention:
-    """HilbertA through our Triton kernel."""
-    return _build_kernel(problem, device, tiles, centre, curve, cycle)
+                   cycle: int, config: dict | None, rows: str) -> PreparedAttention:
+    """HilbertA through our Triton kernel (with the given launch config, else the stored tuned one)."""
+    return _build_kernel(problem, device, tiles, centre, curve, cycle, config, rows)
 
 
 @register_family("hilberta_raster", category="control", params=_params(("raster",)),

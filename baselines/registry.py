@@ -25,6 +25,7 @@ from types import MappingProxyType
 
 import torch
 
+from baselines import validate
 from baselines.base import Availability, Method, PreparedAttention
 from baselines.matched_density import matched_density  # noqa: F401  (re-exported: part of the registry contract)
 
@@ -34,6 +35,7 @@ FAMILY_MODULES = (
     "baselines.hilberta_methods",
     "baselines.sliding_tile",
     "baselines.neighborhood",
+    "baselines.fa4",
 )
 CATEGORIES = ("dense", "hilberta", "sliding_tile", "neighborhood", "control")
 
@@ -244,39 +246,34 @@ def triton_kernel_probe(device: torch.device, module: str, backend: str) -> Avai
     return Availability(False, f"Triton kernels run on CUDA, or on the CPU with TRITON_INTERPRET=1; got {device}")
 
 
-# ---- parameter checks shared by the families -------------------------------------------------------------
+# ---- parameter checks shared by the families (the one validator kit: baselines.validate) -----------------
 
-def positive_int(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError("expected a positive integer")
-    return value
-
-
-def odd_int(value) -> int:
-    if positive_int(value) % 2 == 0:
-        raise ValueError("expected an odd positive integer")
-    return value
-
-
-def int_pair(value) -> tuple[int, int]:
-    """``8`` -> (8, 8); ``[8, 16]`` (JSON) or ``(8, 16)`` -> (8, 16)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise ValueError("expected an integer or a pair of integers")
-    return (positive_int(value[0]), positive_int(value[1]))
-
-
-def fraction(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError("expected a number in [0, 1)")
-    return float(value)
+positive_int = validate.integer(1)
+odd_int = validate.odd_integer(1)
+int_pair = validate.int_pair
+fraction = validate.number(0.0, below=1.0)
 
 
 def one_of(*choices) -> Callable[[object], object]:
-    def check(value):
-        if value not in choices:
-            raise ValueError(f"expected one of {list(choices)}")
-        return value
+    return validate.choice(choices)
 
-    return check
+
+def kernel_config(value) -> dict | None:
+    """A launch config for one of our Triton kernels (`kernels.config.KernelConfig` or a table of its fields),
+    as a plain dict; None: the kernel's stored tuned config, else its safe default."""
+    if value is None:
+        return None
+    from kernels.config import KernelConfig  # here, not at the top: importing kernels imports Triton
+
+    if isinstance(value, KernelConfig):
+        return value.to_dict()
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a table of KernelConfig fields, got {value!r}")
+    return KernelConfig(**value).to_dict()
+
+
+def config_name(config: Mapping) -> str:
+    """``m64_n64_w4_s2``: the name of a launch config given as a dict."""
+    from kernels.config import KernelConfig  # here, not at the top: importing kernels imports Triton
+
+    return KernelConfig(**config).name

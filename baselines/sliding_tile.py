@@ -15,7 +15,7 @@ import torch
 from baselines.base import Availability, PreparedAttention
 from baselines.flex_common import flex_probe, prepare_flex
 from baselines.problem import Problem
-from baselines.registry import Param, int_pair, register_family, triton_kernel_probe
+from baselines.registry import Param, config_name, int_pair, kernel_config, register_family, triton_kernel_probe
 from baselines.window_masks import sliding_tile_mask, window_allowed_pairs
 
 STA_PARAMS = {
@@ -27,7 +27,8 @@ STA_PARAMS = {
 def _namer(prefix: str):
     def name(p: Mapping) -> str:
         (th, tw), (kh, kw) = p["tile"], p["window"]
-        return f"{prefix}_tile{th}x{tw}_win{kh}x{kw}"
+        given = f"_cfg_{config_name(p['config'])}" if p.get("config") is not None else ""  # tune's candidates
+        return f"{prefix}_tile{th}x{tw}_win{kh}x{kw}{given}"
 
     return name
 
@@ -48,15 +49,21 @@ def _sta_probe(device: torch.device, **_params) -> Availability:
     return triton_kernel_probe(device, "baselines.sliding_tile_kernel", "triton-sta")
 
 
-@register_family("sta", category="sliding_tile", params=STA_PARAMS, method_name=_namer("sta"),
-                 label=_labeler("STA"), probe=_sta_probe)
+STA_CONFIG = Param(None, "a launch config (KernelConfig fields); default: the stored tuned one", kernel_config)
+
+
+@register_family("sta", category="sliding_tile", params={**STA_PARAMS, "config": STA_CONFIG},
+                 method_name=_namer("sta"), label=_labeler("STA"), probe=_sta_probe)
 def build_sta(problem: Problem, device: torch.device, *, tile: tuple[int, int],
-              window: tuple[int, int]) -> PreparedAttention:
-    """Sliding tile attention through our Triton kernel (row-major strided key tiles)."""
-    from baselines.sliding_tile_kernel import StaGeometry, sta_attention, sta_config
+              window: tuple[int, int], config: dict | None) -> PreparedAttention:
+    """Sliding tile attention through our Triton kernel (with the given launch config, else the stored one)."""
+    from baselines.sliding_tile_kernel import KernelConfig, StaGeometry, sta_attention, sta_config
 
     geometry = StaGeometry(problem.height, problem.width, problem.text_tokens, tile, window)
-    config, source = sta_config(geometry, problem.head_dim, problem.torch_dtype, device)
+    if config is None:
+        config, source = sta_config(geometry, problem.head_dim, problem.torch_dtype, device)
+    else:
+        config, source = KernelConfig(**config), "given"
     mask = sliding_tile_mask(problem.height, problem.width, problem.text_tokens, tile, window)
 
     def run(q, k, v):

@@ -9,7 +9,10 @@
     python -m harness e2e ...                               (harness.apps.e2e.cli)
 
 Exit codes: 0 ok, 1 a case failed (incorrect output or an error), 2 bad input. The delegated commands
-keep their own codes. A delegated module that cannot be imported gives a one-line error, not a traceback.
+keep their own codes. Bad input never ends in a traceback: one line ``error: ...`` on stderr and exit 2,
+naming the file or option (an unknown ``--device``, an ``--out`` that cannot be created or is taken by
+another run, an empty ``--methods`` or ``--resolutions`` list, an unreadable or non-UTF-8 suite file, a
+resolution whose inputs alone exceed the device's memory, a Python without the project's dependencies).
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ import sys
 from collections.abc import Callable, Iterable
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+DEVICE_TYPES = ("cpu", "cuda")
+# Packages without which no command runs: a Python lacking one gets the install step, not a traceback.
+REQUIRED_MODULES = ("torch", "triton", "numpy")
+INSTALL_HINT = ("run the harness with a Python that has the project installed: `pip install -e .` in the "
+                "project root, or `nox -s smoke` (README.md, \"The harness directly\")")
 # command -> (module exposing add_arguments(parser) and run(args) -> int, help)
 DELEGATES = {
     "gate": ("harness.apps.gate.compare", "gate a candidate run against a reference run (exit 1 on regression)"),
@@ -28,11 +36,53 @@ DELEGATES = {
 }
 
 
-def _names(values: Iterable[str] | None) -> list[str] | None:
-    """``["a,b", "c"]`` -> ``["a", "b", "c"]`` (comma- or space-separated on the command line)."""
+class BadInput(ValueError):
+    """Input the command cannot use; its message is the one line the user sees."""
+
+
+def _names(values: Iterable[str] | None, option: str) -> list[str] | None:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]`` (comma- or space-separated on the command line); an option
+    given with no name at all (``--methods ,``) is an error, never an empty run."""
     if values is None:
         return None
-    return [name for value in values for name in value.split(",") if name.strip()]
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    if not names:
+        raise BadInput(f"{option} {' '.join(map(repr, values))} names nothing; give at least one")
+    return names
+
+
+def _device(text: str | None):
+    """The torch device of ``--device`` (default: cuda if available, else cpu), checked here."""
+    import torch
+
+    from harness.core.runner import default_device
+
+    if text is None:
+        return default_device()
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise BadInput(f"unknown --device {text!r}: expected cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise BadInput(f"--device {text}: torch sees {count} CUDA device(s) here")
+    return device
+
+
+def _load_suite(name: str, sections=None):
+    """`harness.core.suite.load_suite`, with an unreadable or non-UTF-8 file named in one line."""
+    from harness.core.suite import load_suite, suite_path
+
+    path = suite_path(name)
+    try:
+        return load_suite(path, sections=sections)
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"suite file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise BadInput(f"cannot read suite file {path}: {exc.strerror or exc}") from None
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
@@ -45,10 +95,10 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     from baselines.base import Availability
     from baselines.registry import listing
-    from harness.core.runner import default_device, optional
+    from harness.core.runner import optional
     from harness.core.suite import available_suites
 
-    device = args.device or default_device()
+    device = _device(args.device)
     rows = listing(device)
     print(f"methods on {device} (default parameters; `run --methods NAME` accepts these names and families):")
     width = max((len(row["name"]) for row in rows), default=4)
@@ -69,14 +119,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 # ---- run ---------------------------------------------------------------------------------------------
 
-def _build_report(results_dir, compare_dir=None) -> int:
+def _build_report(results_dir, compare_dir=None, verdict=None) -> int:
     from harness.core.runner import optional
 
     build_report, reason = optional("reports", "build_report")
     if build_report is None:
         return _fail(f"cannot build the HTML report: {reason}")
     try:
-        path = build_report(results_dir, compare_dir=compare_dir)
+        path = build_report(results_dir, compare_dir=compare_dir, verdict=verdict)
     except Exception as exc:  # the results stay valid; say what went wrong with the report
         return _fail(f"the HTML report failed: {type(exc).__name__}: {exc}", EXIT_FAILED)
     print(f"report: {path}")
@@ -84,16 +134,31 @@ def _build_report(results_dir, compare_dir=None) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from harness.core.memory import absurd_problems
     from harness.core.results import load_results
-    from harness.core.runner import exit_status, print_summary, run_suite
-    from harness.core.suite import load_suite
+    from harness.core.runner import exit_status, optional, print_summary, run_suite
 
-    suite = load_suite(args.suite).select(methods=_names(args.methods), resolutions=_names(args.resolutions),
-                                          quick=args.quick)
+    # the [e2e] table is harness.apps.e2e's: its check at load time, its runner in the run
+    settings, _ = optional("harness.apps.e2e", "E2ESettings")
+    run_e2e, _ = optional("harness.apps.e2e", "run_e2e_cases")
+    methods, resolutions = _names(args.methods, "--methods"), _names(args.resolutions, "--resolutions")
+    device = _device(args.device)
+    suite = _load_suite(args.suite, sections={"e2e": settings.from_section} if settings else None)
+    suite = suite.select(methods=methods, resolutions=resolutions, quick=args.quick)
+    absurd = absurd_problems(suite.problems(), device)
+    if absurd:
+        raise BadInput(absurd)
     try:
-        out_dir = run_suite(suite, args.out, device=args.device, progress=not args.no_progress)
+        if args.gpus > 1:  # problem groups spread over the host's GPUs, one merged results.json (issue #17)
+            from harness.core.spread import Selection, run_spread
+
+            selection = Selection(args.suite, methods, resolutions, args.quick,
+                                  e2e_runner="harness.apps.e2e:run_e2e_cases")
+            out_dir = run_spread(selection, args.gpus, args.out)
+        else:
+            out_dir = run_suite(suite, args.out, device=device, progress=not args.no_progress, e2e=run_e2e)
     except KeyboardInterrupt:
-        print("\ninterrupted: the results file holds the cases finished so far", file=sys.stderr)
+        print("\ninterrupted: the results file holds the cases finished so far (complete: false)", file=sys.stderr)
         return 130
     results = load_results(out_dir)
     print_summary(results, out_dir)
@@ -106,10 +171,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from harness.core.results import load_results
 
-    load_results(args.results_dir)  # a clear error for a missing directory or another schema
-    if args.compare:
-        load_results(args.compare)
-    return _build_report(args.results_dir, args.compare)
+    for directory in filter(None, (args.results_dir, args.compare)):
+        try:
+            results = load_results(directory)  # a clear error for a missing directory or another schema
+        except UnicodeDecodeError as exc:
+            raise BadInput(f"{directory}: results.json is not UTF-8 text ({exc.reason})") from None
+        except OSError as exc:
+            raise BadInput(f"cannot read the results in {directory}: {exc.strerror or exc}") from None
+        if results.get("complete") is False:
+            print(f"warning: {directory} is an INCOMPLETE run (complete: false): it stopped before its end, "
+                  f"{len(results['cases'])} cases recorded", file=sys.stderr)
+    verdict = _gate_verdict(args.results_dir, args.compare) if args.compare else None
+    return _build_report(args.results_dir, args.compare, verdict)
+
+
+def _gate_verdict(results_dir, compare_dir) -> dict:
+    """The gate's own verdict on the pair, with the thresholds `gate` would use, for the report to show as is."""
+    from pathlib import Path
+
+    from harness.apps.gate import inputs
+    from harness.apps.gate.compare import compare
+    from harness.core.results import load_results
+
+    reference, candidate = load_results(compare_dir), load_results(results_dir)
+    stored = Path(compare_dir).resolve().is_relative_to(inputs.REFERENCES_DIR.resolve())
+    try:
+        threshold_pct, per_case, _ = inputs.trusted_thresholds(reference.get("suite"), reference if stored else None)
+        verdict = compare(reference, candidate, threshold_pct=threshold_pct, per_case=per_case)
+    except ValueError as exc:
+        raise BadInput(f"the gate cannot compare {results_dir} with {compare_dir}: {exc}") from None
+    verdict["reference"]["source"], verdict["candidate"]["source"] = str(compare_dir), str(results_dir)
+    return verdict
 
 
 # ---- delegated commands ------------------------------------------------------------------------------
@@ -143,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolutions", nargs="+", metavar="WxH", help="replace the suite's resolutions (pixels)")
     p.add_argument("--quick", action="store_true", help="short timing budgets: a look, not numbers to quote")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--gpus", type=int, default=1, metavar="N",
+                   help="spread the problem groups over N GPUs of this host: one worker per GPU, one results.json")
     p.add_argument("--report", action="store_true", help="write the HTML report at the end and print its path")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_cmd_run)
@@ -158,9 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.core.results import ResultsError
-    from harness.core.suite import SuiteError
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in REQUIRED_MODULES:
+            raise
+        return _fail(f"{exc.name} is not installed in {sys.executable}; {INSTALL_HINT}")
 
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args, unknown = parser.parse_known_args(argv)
@@ -171,5 +271,5 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return int(func(args) or 0)
-    except (SuiteError, ResultsError, FileExistsError, ValueError) as exc:
+    except ValueError as exc:  # BadInput, SuiteError, ResultsError, RunDirError, PathComponentError, ...
         return _fail(str(exc))

@@ -28,7 +28,26 @@ class Definitions:
     kind: str = "definitions"
 
 
-Block = Paragraph | Definitions | Table | FigureBlock
+@dataclass(frozen=True)
+class Answer:
+    """One of the first screen's answers: a titled card with its own element id (``answer-speedup`` ...)."""
+
+    anchor: str
+    heading: str
+    blocks: list  # of Paragraph | Definitions | Table
+    css: str = ""  # "ok" | "warning" | "bad": the card's border colour
+    kind: str = "answer"
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Blocks stacked in one column of a multi-column layout (the first screen's two columns)."""
+
+    blocks: list
+    kind: str = "stack"
+
+
+Block = Paragraph | Definitions | Table | FigureBlock | Answer | Stack
 
 
 @dataclass

@@ -8,6 +8,7 @@ undefined variable; the only trusted fragments are plotly's divs and the plotly.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +21,7 @@ from markupsafe import Markup
 from reports.figures import OUTCOME_COLOURS
 from reports.run import Run
 from reports.sections import build_sections
+from reports.sections.compare import check_verdict
 from reports.tables import css_token
 
 REPORT_FILE = "report.html"
@@ -37,13 +39,20 @@ def environment() -> Environment:
                        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
-def render_report(run: Run, reference: Run | None = None) -> str:
-    """The report page of ``run`` as a string (compared against ``reference`` when given)."""
+def _ci_method(run: Run) -> str:
+    methods = sorted({str(method) for method in run.frame["ci_method"].dropna()})
+    return ", ".join(methods) or "method not recorded: bootstrap over samples in schema 1"
+
+
+def render_report(run: Run, reference: Run | None = None, verdict: Mapping | None = None) -> str:
+    """The report page of ``run`` as a string (compared against ``reference`` when given, with the gate's
+    ``verdict`` when given)."""
     template = environment().get_template("report.html")
     return template.render(
         title=f"HilbertA benchmark: {run.name}",
         run=run,
-        sections=build_sections(run, reference),
+        sections=build_sections(run, reference, verdict),
+        ci_method=_ci_method(run),
         plotly_js=plotly_js(),
         plotly_version=plotly.__version__,
         outcome_colours={css_token(name): colour for name, colour in OUTCOME_COLOURS.items()},
@@ -52,16 +61,20 @@ def render_report(run: Run, reference: Run | None = None) -> str:
 
 
 def build_report(results_dir: str | Path, compare_dir: str | Path | None = None,
-                 out_path: str | Path | None = None) -> Path:
+                 out_path: str | Path | None = None, verdict: Mapping | None = None) -> Path:
     """Write the report of ``results_dir`` (to ``results_dir/report.html`` unless ``out_path``) and return its path.
 
-    ``compare_dir`` is a reference run: the report then compares this run against it.
+    ``compare_dir`` is a reference run: the report then compares this run against it. ``verdict`` is the
+    gate's verdict.json dict for that pair (`harness.apps.gate.compare.compare`), rendered as it is; a
+    malformed one raises ValueError naming the field.
     """
+    if verdict is not None:
+        check_verdict(verdict)
     run = Run.load(results_dir)
     reference = Run.load(compare_dir) if compare_dir is not None else None
     out = Path(out_path) if out_path is not None else run.directory / REPORT_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(render_report(run, reference), encoding="utf-8")
+    tmp.write_text(render_report(run, reference, verdict), encoding="utf-8")
     tmp.replace(out)
     return out

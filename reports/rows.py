@@ -1,7 +1,7 @@
 """Flatten results rows into one tidy pandas table; the one module that knows where a field sits in a row.
 
 `NUMERIC_FIELDS`, `TEXT_FIELDS` and `OBJECT_FIELDS` map each column of the table to its path inside a
-results row (docs/contracts.md, results.json schema 1). For the sub-dictionaries whose keys the contract
+results row (docs/contracts.md, results.json schema 1 and 2's optional fields). For the sub-dictionaries whose keys the contract
 leaves open (power, clocks, traffic, e2e) the paths are the names the harness writes; if one changes, fix
 it here and nowhere else. A missing key, a null, a NaN or a value of the wrong type becomes NaN (numbers)
 or None (text), never a made-up number.
@@ -41,16 +41,30 @@ NUMERIC_FIELDS: dict[str, tuple] = {
     "setup_layout_ms": ("setup_ms", "layout"),
     "setup_first_call_ms": ("setup_ms", "first_call"),
     "setup_permute_ms": ("setup_ms", "permute"),
-    # harness.measure.power.measure_energy: energy over a window of back-to-back calls, with the sampler summary
+    "setup_prepare_ms": ("setup_ms", "prepare"),
+    "batch": ("problem", "batch"),
+    "heads": ("problem", "heads"),
+    "head_dim": ("problem", "head_dim"),
+    "text_tokens": ("problem", "text_tokens"),
+    "device_index": ("device_index",),
+    # harness.measure.power.measure_energy: energy over a window of calls, with that window's own sampler summary
     "joules_per_call": ("power", "joules_per_call"),
     "mean_watts": ("power", "mean_watts"),
     "max_watts": ("power", "power_w_max"),
     "power_calls": ("power", "calls"),
     "power_window_s": ("power", "window_s"),
-    # harness.measure.power sampler summary while the case was being timed
-    "sm_mhz_median": ("clocks", "during_timing", "sm_clock_mhz_median"),
-    "sm_mhz_min": ("clocks", "during_timing", "sm_clock_mhz_min"),
-    "temp_c_max": ("clocks", "during_timing", "temp_c_max"),
+    "energy_sm_mhz_median": ("power", "sm_clock_mhz_median"),
+    # per-case "conditions": NVML samples taken during this case's own timed calls (schema 2). The older
+    # "clocks.during_timing" summary was one run-wide reading copied into every row, so it is not read.
+    "sm_mhz_median": ("conditions", "sm_clock_mhz", "median"),
+    "sm_mhz_min": ("conditions", "sm_clock_mhz", "min"),
+    "sm_mhz_max": ("conditions", "sm_clock_mhz", "max"),
+    "mem_mhz_median": ("conditions", "mem_clock_mhz", "median"),
+    "cond_watts_median": ("conditions", "power_w", "median"),
+    "cond_watts_max": ("conditions", "power_w", "max"),
+    "temp_c_max": ("conditions", "temperature_c", "max"),
+    "cond_samples": ("conditions", "n_samples"),
+    "cond_window_s": ("conditions", "window_s"),
     # harness.measure.traffic (ncu): DRAM and L2 bytes of one call, kernel time under ncu, achieved DRAM bandwidth
     "dram_read_bytes": ("traffic", "dram_read_bytes"),
     "dram_write_bytes": ("traffic", "dram_write_bytes"),
@@ -78,7 +92,7 @@ TEXT_FIELDS: dict[str, tuple] = {
     "kind": ("kind",),
     "method": ("method",),
     "label": ("label",),
-    "family": ("family",),
+    "category": ("category",),  # kind of method: dense | hilberta | sliding_tile | neighborhood | control
     "backend": ("backend",),
     "status": ("status",),
     "reason": ("reason",),
@@ -92,6 +106,11 @@ TEXT_FIELDS: dict[str, tuple] = {
     "locality_reason": ("locality", "reason"),
     "traffic_status": ("traffic", "status"),
     "traffic_reason": ("traffic", "reason"),
+    "ci_method": ("ci_method",),
+    "aa_of": ("aa_of",),
+    "config_source": ("extra", "config_source"),
+    "power_schedule": ("power", "schedule"),
+    "tune_stage": ("extra", "stage"),
 }
 
 # Values kept as they are: flags, lists and sub-dictionaries rendered generically.
@@ -99,14 +118,17 @@ OBJECT_FIELDS: dict[str, tuple] = {
     "passed": ("correctness", "passed"),
     "dense_reference": ("dense_reference",),
     "throttle_reasons_energy": ("power", "throttle_reasons"),
-    "throttle_reasons_timing": ("clocks", "during_timing", "throttle_reasons"),
+    "throttle_reasons": ("conditions", "throttle_reasons"),
+    "conditions": ("conditions",),
+    "config": ("extra", "config"),
     "locality": ("locality",),
     "samples_ms": ("samples_ms",),
-    # tuning rows: the kernel's on/off knobs, and whether `harness tune` stored this configuration
+    # tuning rows: the kernel's on/off knobs, whether `harness tune` stored this configuration, whether it is the default
     "flat_loop": ("params", "flat_loop"),
     "tma": ("params", "tma"),
     "head_major": ("params", "head_major"),
     "chosen": ("extra", "chosen"),
+    "default": ("extra", "default"),
 }
 
 STATUS_OK = "ok"
@@ -181,39 +203,52 @@ def resolution_order(frame: pd.DataFrame) -> list[str]:
 
 
 def timed_kernels(frame: pd.DataFrame) -> pd.DataFrame:
-    """Kernel rows that passed correctness and carry a median time: the only rows that may be ranked."""
+    """Kernel rows that passed correctness and carry a median time: the only rows that may be ranked. An A/A
+    control twin (``aa_of`` set: the same method timed twice) is a noise check, not another phase."""
     keep = (frame["kind"] == "kernel") & (frame["status"] == STATUS_OK) & frame["median_ms"].notna()
+    keep &= frame["aa_of"].isna()
     return frame[keep & frame["resolution"].notna()]
 
 
-def method_summary(kernels: pd.DataFrame) -> pd.DataFrame:
-    """One row per (resolution, method): medians averaged over the sliding phases (layers) measured.
+PHASE_BASIS = ("mean over the sliding phases (layers) timed; a method that does not slide is timed at one "
+               "layer. Flux cycles through the phases evenly, so this is the cost per attention layer")
+INTERVAL_RULE = ("interval: from the 95 % CIs of both medians (a multi-phase method's CI is the mean of its "
+                 "phases' CI ends, as if their errors were fully correlated: conservative)")
 
-    Flux cycles through the phases evenly, so the mean of the per-phase medians is the per-layer cost.
-    Adds ``phases`` (how many layers were averaged), ``fastest_dense_ms`` (the fastest dense reference at
-    that resolution), ``speedup`` (fastest dense / this method) and ``fraction_of_ideal``
+
+def method_summary(kernels: pd.DataFrame) -> pd.DataFrame:
+    """One row per (resolution, method) on one phase basis (`PHASE_BASIS`): the mean of the per-phase medians.
+
+    Adds ``phases`` (how many layers were averaged), ``phase_min_ms`` / ``phase_max_ms``, ``ci_lo_ms`` /
+    ``ci_hi_ms`` (`INTERVAL_RULE`), ``fastest_dense_ms`` (the fastest dense reference at that resolution),
+    ``speedup`` (fastest dense / this method) with ``speedup_lo`` / ``speedup_hi`` and ``fraction_of_ideal``
     (fastest dense x token density / this method).
     """
-    columns = ["resolution", "method", "label", "family", "dense_reference", "median_ms", "phases",
-               "ci_lo_ms", "ci_hi_ms", "token_density", "block_density", "tflops_dense_equivalent",
-               "tflops_effective", "fastest_dense_ms", "fastest_dense_label", "speedup", "fraction_of_ideal"]
+    columns = ["resolution", "method", "label", "category", "dense_reference", "median_ms", "phases",
+               "phase_min_ms", "phase_max_ms", "ci_lo_ms", "ci_hi_ms", "token_density", "block_density",
+               "tflops_dense_equivalent", "tflops_effective", "fastest_dense_ms", "fastest_dense_label",
+               "speedup", "speedup_lo", "speedup_hi", "fraction_of_ideal"]
     if kernels.empty:
         return pd.DataFrame(columns=columns)
     grouped = kernels.groupby(["resolution", "method"], sort=False)
     summary = grouped.agg(
-        label=("label", "first"), family=("family", "first"), dense_reference=("dense_reference", "first"),
-        median_ms=("median_ms", "mean"), phases=("median_ms", "size"), ci_lo_ms=("ci_lo_ms", "mean"),
-        ci_hi_ms=("ci_hi_ms", "mean"), token_density=("token_density", "mean"),
-        block_density=("block_density", "mean"), tflops_dense_equivalent=("tflops_dense_equivalent", "mean"),
-        tflops_effective=("tflops_effective", "mean"),
+        label=("label", "first"), category=("category", "first"), dense_reference=("dense_reference", "first"),
+        median_ms=("median_ms", "mean"), phases=("median_ms", "size"), phase_min_ms=("median_ms", "min"),
+        phase_max_ms=("median_ms", "max"), ci_lo_ms=("ci_lo_ms", "mean"), ci_hi_ms=("ci_hi_ms", "mean"),
+        token_density=("token_density", "mean"), block_density=("block_density", "mean"),
+        tflops_dense_equivalent=("tflops_dense_equivalent", "mean"), tflops_effective=("tflops_effective", "mean"),
     ).reset_index()
-    # A CI of a single phase is a CI; the mean of several phases' CIs is not, so drop it there.
-    summary.loc[summary["phases"] > 1, ["ci_lo_ms", "ci_hi_ms"]] = math.nan
+    # an interval exists only where every phase has one (the mean skips NaN: that would be another basis)
+    complete = grouped[["ci_lo_ms", "ci_hi_ms"]].count().min(axis=1).to_numpy() == summary["phases"].to_numpy()
+    summary.loc[~complete, ["ci_lo_ms", "ci_hi_ms"]] = math.nan
     dense = summary[summary["dense_reference"]]
     fastest = dense.loc[dense.groupby("resolution")["median_ms"].idxmin()] if not dense.empty else dense
     fastest = fastest.set_index("resolution")
-    summary["fastest_dense_ms"] = summary["resolution"].map(fastest["median_ms"]).astype(float)
-    summary["fastest_dense_label"] = summary["resolution"].map(fastest["label"])
+    by_resolution = summary["resolution"]
+    summary["fastest_dense_ms"] = by_resolution.map(fastest["median_ms"]).astype(float)
+    summary["fastest_dense_label"] = by_resolution.map(fastest["label"])
     summary["speedup"] = summary["fastest_dense_ms"] / summary["median_ms"]
+    summary["speedup_lo"] = by_resolution.map(fastest["ci_lo_ms"]).astype(float) / summary["ci_hi_ms"]
+    summary["speedup_hi"] = by_resolution.map(fastest["ci_hi_ms"]).astype(float) / summary["ci_lo_ms"]
     summary["fraction_of_ideal"] = summary["fastest_dense_ms"] * summary["token_density"] / summary["median_ms"]
     return summary[columns]

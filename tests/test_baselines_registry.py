@@ -49,7 +49,7 @@ def test_default_names_are_unique_and_dense_references_are_flagged():
     methods = registry.all_methods()
     assert len({m.name for m in methods}) == len(methods)
     references = {m.name for m in methods if m.dense_reference}
-    assert references == {"sdpa_cudnn", "sdpa_flash", "flash_attn", "flex_dense"}
+    assert references == {"sdpa_cudnn", "sdpa_flash", "flash_attn", "flex_dense", "fa4_dense"}
     assert {m.family for m in methods} <= set(registry.CATEGORIES)
 
 

@@ -1,9 +1,11 @@
-"""The command line (exit codes, delegation, clear errors), its progress bar, and the noxfile's sessions."""
+"""The command line (exit codes, delegation, clear errors), its progress bar, the noxfile's sessions, and the
+README and docs (which Python runs the harness; every path they link lives in the repository)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import types
@@ -46,7 +48,7 @@ def fake_reports(monkeypatch, tmp_path):
     """A stand-in `reports` package: records its calls and writes an empty report."""
     calls = []
 
-    def build_report(results_dir, compare_dir=None):
+    def build_report(results_dir, compare_dir=None, verdict=None):
         calls.append((str(results_dir), compare_dir and str(compare_dir)))
         path = Path(results_dir) / "report.html"
         path.write_text("<html></html>")
@@ -133,7 +135,7 @@ def test_report_delegates_to_reports(tmp_path, fake_reports, capsys):
 
 
 def test_a_failing_report_is_an_error_but_not_a_traceback(tmp_path, monkeypatch, capsys):
-    def broken(results_dir, compare_dir=None):
+    def broken(results_dir, compare_dir=None, verdict=None):
         raise KeyError("figure")
 
     monkeypatch.setitem(sys.modules, "reports", types.SimpleNamespace(build_report=broken))
@@ -228,9 +230,42 @@ def test_tests_session_installs_cpu_torch_only_when_missing(noxfile, torch_impor
     assert torch_installs == ([] if torch_importable else [(module.CPU_TORCH, "--extra-index-url",
                                                             module.CPU_TORCH_INDEX)])
     assert ("-e", ".[test]") in session.installs
-    ((args, env),) = session.runs
-    assert args[1:3] == ("-m", "pytest")
+    assert (module.NOX_REQUIREMENT,) in session.installs  # issue #16 row 16: else the noxfile tests skip
+    ((args, env),) = [(args, env) for args, env in session.runs if args[1:3] == ("-m", "pytest")]
     assert env == ({} if cuda else {"TRITON_INTERPRET": "1"})
+
+
+# ---- issue #16 rows 14 and 15: which Python runs the harness, and docs whose links live in the repository ----
+
+def test_row14_a_python_without_torch_gets_one_line_naming_it_and_the_install_step():
+    code = "import sys; sys.modules['torch'] = None; from harness.cli import main; raise SystemExit(main(['list']))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == done.stderr.strip().splitlines()[0]
+    assert "torch is not installed in" in done.stderr and sys.executable in done.stderr
+    assert "pip install -e ." in done.stderr
+
+
+def test_row14_the_readme_says_which_python_runs_the_harness_and_how_to_get_one():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The harness directly", 1)[1].split("\n## ", 1)[0]
+    assert "pip install -e ." in section and ".nox/tests/bin/python" in section and "3.11" in section
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/design.md", "docs/spec.md", "docs/contracts.md"])
+def test_row15_every_path_a_doc_links_or_names_lives_in_the_repository(doc):
+    path = ROOT / doc
+    text = path.read_text()
+    links = re.findall(r"\]\(([^)#\s]+)[^)]*\)", text)
+    named = [p for p in re.findall(r"`([^`\s]+\.(?:md|sh|py|toml))`", text) if "/" in p]
+    assert links or named, f"{doc} names no path: the pattern above has gone stale"
+    for target in links + named:
+        if re.match(r"[a-z]+://", target):
+            continue
+        base = path.parent if target in links else ROOT
+        resolved = (base / target).resolve()
+        assert resolved.is_relative_to(ROOT), f"{doc}: {target} points outside the repository"
+        assert resolved.exists(), f"{doc}: {target} does not exist"
 
 
 # ---- progress on stderr ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from baselines.registry import resolve  # noqa: E402
 from harness.apps.e2e import flux_model as fm  # noqa: E402
 from harness.apps.e2e import measure  # noqa: E402
 from harness.apps.e2e import processors as pr  # noqa: E402
+from harness.apps.e2e.settings import E2ESettings  # noqa: E402
 from kernels.curves import curve_order  # noqa: E402
 
 TEXT_TOKENS = 16
@@ -282,19 +283,21 @@ def test_attention_timer_reports_every_layer_of_every_forward(model):
     ({"resolution": ["1024x1024"]}, "unknown key 'resolution'"),
     ({"resolutions": ["1024"]}, "WIDTHxHEIGHT"),
     ({"resolutions": ["1000x1000"]}, "not a multiple of 16"),
-    ({"skip_denoise": "yes"}, "skip_denoise must be true or false"),
-    ({"max_denoise_s": 0}, "max_denoise_s must be a positive number"),
-    ({"steps": 0}, "steps must be a positive integer"),
+    ({"skip_denoise": "yes"}, "skip_denoise: expected true or false, got 'yes'"),
+    ({"max_denoise_s": 0}, "max_denoise_s: expected a number > 0, got 0"),
+    ({"steps": 0}, "steps: expected an integer >= 1, got 0"),
+    ({"guidance": float("nan")}, "guidance: expected a number"),
+    ({"weights": 3}, "weights: expected a string"),
     ({"model": "flux-schnell"}, "unknown model"),
     ({"dtype": "int8"}, "dtype"),
 ])
 def test_bad_settings_are_refused(section, message):
     with pytest.raises(ValueError, match=message):
-        measure.E2ESettings.from_section(section)
+        E2ESettings.from_section(section)
 
 
 def test_settings_from_a_suite_table():
-    settings = measure.E2ESettings.from_section({"resolutions": ["1536x1024", 2048], "methods": ["hilberta"]})
+    settings = E2ESettings.from_section({"resolutions": ["1536x1024", 2048], "methods": ["hilberta"]})
     assert settings.resolutions == ((1536, 1024), (2048, 2048))
     assert settings.steps == 28 and settings.to_dict()["resolutions"] == ["1536x1024", "2048x2048"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.apps.gate import abtest
+from harness.apps.gate import abtest, inputs
 from harness.apps.gate import compare as gate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -225,7 +225,7 @@ def test_summary_markdown_holds_the_table_worst_first(tmp_path):
 @pytest.mark.parametrize("name, slug", [("NVIDIA H100 80GB HBM3", "nvidia-h100-80gb-hbm3"),
                                         ("NVIDIA H200", "nvidia-h200"), (None, "cpu")])
 def test_gpu_slug(name, slug):
-    assert gate.gpu_slug(name) == slug
+    assert inputs.gpu_slug(name) == slug
 
 
 # ---- command line -----------------------------------------------------------------------------------------
@@ -243,7 +243,7 @@ def write_run(directory: Path, data: dict) -> Path:
 
 
 def test_cli_auto_reference_update_then_gate(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(gate, "REFERENCES_DIR", tmp_path / "references")
+    monkeypatch.setattr(inputs, "REFERENCES_DIR", tmp_path / "references")
     ref, cand = pair(1.0, seed=8)
     _, slow = pair(1.2, seed=9)
     base = write_run(tmp_path / "base", {**ref, "suite": "bench-ci"})
@@ -251,7 +251,7 @@ def test_cli_auto_reference_update_then_gate(tmp_path, monkeypatch, capsys):
     slower = write_run(tmp_path / "slower", {**slow, "suite": "bench-ci"})
 
     assert gate.run(gate_args("--reference", "auto", "--candidate", str(base))) == 2
-    assert "--update-reference" in capsys.readouterr().out
+    assert "--update-reference" in capsys.readouterr().err
 
     assert gate.run(gate_args("--candidate", str(base), "--update-reference")) == 0
     stored = tmp_path / "references" / "nvidia-h100-80gb-hbm3" / "bench-ci.json"
@@ -267,16 +267,16 @@ def test_cli_auto_reference_update_then_gate(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_refuses_to_store_an_incorrect_run(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(gate, "REFERENCES_DIR", tmp_path / "references")
+    monkeypatch.setattr(inputs, "REFERENCES_DIR", tmp_path / "references")
     bad = write_run(tmp_path / "bad", results(row("a/m/layer0", status="incorrect")))
-    assert gate.run(gate_args("--candidate", str(bad), "--update-reference")) == 2
-    assert "incorrect" in capsys.readouterr().out
+    assert gate.run(gate_args("--candidate", str(bad), "--update-reference", "--force")) == 2
+    assert "incorrect" in capsys.readouterr().err
     assert not (tmp_path / "references").exists()
 
 
 def test_cli_unreadable_candidate_is_exit_2(tmp_path, capsys):
     assert gate.run(gate_args("--reference", str(tmp_path), "--candidate", str(tmp_path / "nope"))) == 2
-    assert "unusable input" in capsys.readouterr().out
+    assert "unusable input" in capsys.readouterr().err
 
 
 # ---- A/B worker protocol ----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+import time
 import types
 
 import pytest
@@ -188,6 +189,130 @@ def test_sample_summaries_skip_missing_readings():
     assert power.mean_power_w(samples, 0.5, 2.0) == 300.0  # only readings inside the window
     assert power.mean_power_w(samples, 0.5, 1.5) is None
     assert power.summarize_samples([])["power_w_mean"] is None
+
+
+def reading(t_s: float, sm: int, reasons: int = 0) -> PowerSample:
+    return PowerSample(t_s, power_w=sm / 4, sm_clock_mhz=sm, mem_clock_mhz=2619, temp_c=sm // 20, reasons_mask=reasons)
+
+
+def test_case_conditions_give_each_reading_to_the_call_running_then():
+    windows = {"a": [(0.000, 0.002), (0.010, 0.012)], "b": [(0.004, 0.006)], "c": [(0.007, 0.009)], "idle": []}
+    samples = [reading(0.001, 1000), reading(0.0065, 9999, 0x8),  # the second falls between calls: nobody's
+               reading(0.005, 1100, 0x4), reading(0.008, 1200), reading(0.0105, 1300, 0x1),
+               reading(0.012, 9999),  # a window's end is exclusive
+               reading(0.004, 1400)]  # its start is inclusive
+    got = power.case_conditions(samples, windows)
+    assert {name: c["n_samples"] for name, c in got.items()} == {"a": 2, "b": 2, "c": 1, "idle": 0}
+    assert got["a"]["sm_clock_mhz"] == {"median": 1150, "min": 1000, "max": 1300}
+    assert got["b"]["sm_clock_mhz"] == {"median": 1250, "min": 1100, "max": 1400}
+    assert got["c"]["power_w"] == {"median": 300.0, "max": 300.0} and got["c"]["temperature_c"] == {"max": 60}
+    assert got["a"]["throttle_reasons"] == ["GpuIdle"] and got["b"]["throttle_reasons"] == ["SwPowerCap"]
+    assert got["a"]["window_s"] == pytest.approx(0.004) and got["idle"]["window_s"] == 0
+    assert got["idle"]["sm_clock_mhz"] == {"median": None, "min": None, "max": None}
+    assert got["a"]["mem_clock_mhz"] == {"median": 2619}
+
+
+def test_case_conditions_from_a_real_cpu_schedule():
+    """Readings placed inside the timed calls' windows land on the case whose call it was."""
+    from harness.measure.timing import TimingPolicy, time_interleaved
+
+    policy = TimingPolicy(warmup_ms=0.0, min_samples=5, max_samples=5, budget_ms=1e6)
+    result = time_interleaved({n: (lambda: time.sleep(0.001)) for n in ("x", "y")}, policy, "cpu")
+    clock = {"x": 1500, "y": 1900}
+    samples = [reading((start + end) / 2, clock[name]) for name in clock for start, end in result.windows(name)]
+    got = power.case_conditions(samples, {name: result.windows(name) for name in clock})
+    for name, mhz in clock.items():
+        assert got[name]["n_samples"] == 5
+        assert got[name]["sm_clock_mhz"]["min"] == got[name]["sm_clock_mhz"]["max"] == mhz
+
+
+@pytest.mark.parametrize("joules", [{"a": 0.005, "b": 0.012, "c": 0.030}, {"only": 0.7}])
+def test_interleaved_energy_recovers_each_cases_energy(monkeypatch, joules):
+    from harness.measure import energy
+    from harness.measure.timing import TimingPolicy
+
+    counter = {"mj": 0}
+
+    class FakeReader:  # the card's single energy counter, advanced by every call
+        def __init__(self, device):
+            pass
+
+        def energy_mj(self):
+            return counter["mj"]
+
+    def spend(j):
+        def fn():
+            counter["mj"] += round(j * 1000)
+        return fn
+
+    monkeypatch.setattr(energy, "NvmlReader", FakeReader)
+    result = energy.measure_energy_interleaved({n: spend(j) for n, j in joules.items()}, "cpu",
+                                               TimingPolicy(warmup_ms=0.0), segment_s=0.002, counter_wait_s=0.001)
+    for name, j in joules.items():
+        assert result[name]["status"] == "ok" and result[name]["schedule"] == "interleaved"
+        assert result[name]["joules_per_call"] == pytest.approx(j, rel=1e-6)
+        assert result[name]["calls"] > 0 and result[name]["segments"] == 8
+
+
+def test_interleaved_energy_reads_the_counter_when_it_steps(monkeypatch):
+    """A counter that shows the energy only as of its last step (every 30 ms, as NVML's every ~100 ms):
+    reading it right after a segment would miss up to 30 ms of the segment's calls; running on until the
+    counter steps misses at most one round."""
+    from harness.measure import energy
+    from harness.measure.timing import TimingPolicy
+
+    period_s, history = 0.030, [(0.0, 0)]  # (host time, true mJ so far)
+
+    class SteppingReader:
+        def __init__(self, device):
+            pass
+
+        def energy_mj(self):
+            last_step = time.perf_counter() // period_s * period_s
+            return next(mj for t, mj in reversed(history) if t <= last_step)
+
+    def spend(mj):
+        def fn():
+            time.sleep(0.0002)
+            history.append((time.perf_counter(), history[-1][1] + mj))
+        return fn
+
+    monkeypatch.setattr(energy, "NvmlReader", SteppingReader)
+    truth = {"a": 20, "b": 40}
+    result = energy.measure_energy_interleaved({n: spend(mj) for n, mj in truth.items()}, "cpu",
+                                               TimingPolicy(warmup_ms=0.0), segment_s=0.1, counter_wait_s=0.05)
+    for name, mj in truth.items():
+        assert result[name]["joules_per_call"] == pytest.approx(mj / 1e3, rel=0.05)
+
+
+def test_interleaved_energy_unavailable_without_nvml(install_nvml):
+    from harness.measure import energy
+    from harness.measure.timing import TimingPolicy
+
+    install_nvml(None)
+    result = energy.measure_energy_interleaved({"a": lambda: None, "b": lambda: None}, "cuda:0", TimingPolicy())
+    assert set(result) == {"a", "b"} and all(r["status"] == "unavailable" for r in result.values())
+    install_nvml(fake_pynvml(energy=False))
+    result = energy.measure_energy_interleaved({"a": lambda: None}, "cuda:0", TimingPolicy())
+    assert "energy counter" in result["a"]["reason"]
+
+
+def test_ceilings_need_cuda():
+    from harness.measure.ceilings import measure_ceilings
+
+    ceilings, reason = measure_ceilings("cpu")
+    assert ceilings is None and "CUDA" in reason
+
+
+@pytest.mark.gpu
+def test_ceilings_on_a_gpu():
+    from harness.measure.ceilings import measure_ceilings
+    from harness.measure.timing import TimingPolicy
+
+    policy = TimingPolicy(warmup_ms=20.0, min_samples=3, max_samples=3, budget_ms=100.0, rounds=3)
+    ceilings, reason = measure_ceilings("cuda", policy, gemm_n=2048, copy_bytes=1 << 26)
+    assert reason is None and ceilings["gemm_tflops"] > 1 and ceilings["copy_gbps"] > 10
+    assert "median of 3 calls" in ceilings["how"]
 
 
 # ---------------------------------------------------------------- ncu traffic

@@ -1,18 +1,26 @@
-"""Results files (atomic, strict JSON, schema check), the pytest-benchmark export, and derived metrics."""
+"""Results files (atomic, strict JSON, schema check on write and read, the schema-1 upgrade), the
+pytest-benchmark export, and derived metrics."""
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from baselines.base import PreparedAttention
 from baselines.problem import Problem
+from harness import PROJECT_ROOT
+from harness.cli import main as cli_main
 from harness.core import results
-from harness.measure import derived
 from harness.core.results import ResultsError, ResultsFile, export_pytest_benchmark, load_results
+from harness.core.schema import SCHEMA_VERSION, Row, SchemaError, validate_row
+from harness.measure import derived
+
+COMMITTED = sorted([*PROJECT_ROOT.glob("docs/samples/**/results.json"), *PROJECT_ROOT.glob("tests/fixtures/*.json"),
+                    *PROJECT_ROOT.glob("suites/references/*/*.json")])
 
 
 def row(case: str, method: str, median_ms: float | None, status: str = "ok", dense: bool = False,
@@ -68,10 +76,17 @@ def test_non_finite_numbers_become_null_and_the_file_is_strict_json(tmp_path):
 
 
 @pytest.mark.parametrize("bad_row, message", [
-    ({"case": "c0", "status": "ok"}, "already"),
-    ({"case": "c9", "status": "great"}, "status"),
+    ({"kind": "kernel", "case": "c0", "status": "ok"}, "already"),
+    ({"kind": "kernel", "case": "c9", "status": "great"}, "case 'c9': field 'status' is 'great', not one of"),
+    ({"kind": "bench", "case": "c9"}, "case 'c9': field 'kind'"),
+    ({"case": "c9"}, "case 'c9': required field 'kind' is missing"),
+    ({"kind": "kernel", "case": "c9", "median_ms": "fast"}, "case 'c9': field 'median_ms' is 'fast', expected"),
+    ({"kind": "kernel", "case": "c9", "samples_ms": [1.0, "x"]}, "field 'samples_ms'"),
+    ({"kind": "kernel", "case": "c9", "dense_reference": 1}, "field 'dense_reference'"),
+    ({"kind": "kernel", "case": "c9", "n_samples": True}, "field 'n_samples'"),
+    ({"kind": "kernel", "case": "c9", "colour": "red"}, "case 'c9': unknown field 'colour'"),
 ])
-def test_add_case_refuses_duplicates_and_unknown_statuses(tmp_path, bad_row, message):
+def test_add_case_refuses_duplicates_and_rows_off_the_schema(tmp_path, bad_row, message):
     file = new_file(tmp_path)
     file.add_case(row("c0", "m", 1.0))
     with pytest.raises(ValueError, match=message):
@@ -89,17 +104,76 @@ def test_update_cases_replaces_by_id_and_env_goes_to_both_files(tmp_path):
     assert data["env"] == json.loads((file.directory / "env.json").read_text()) == {"gpu_name": "test"}
 
 
+def test_set_refuses_run_fields_off_the_schema(tmp_path):
+    file = new_file(tmp_path)
+    file.set(complete=True, finished="2026-11-28T00:00:00+00:00")
+    with pytest.raises(SchemaError, match="run field 'complete'"):
+        file.set(complete="yes")
+    with pytest.raises(SchemaError, match="unknown run field 'colour'"):
+        file.set(colour="red")
+    assert load_results(file.path)["complete"] is True
+
+
+def test_rows_built_through_the_schema_keep_the_always_written_keys_and_drop_empty_ones():
+    built = Row(kind="kernel", case="c", method="m", median_ms=1.5).to_dict()
+    assert built == {"kind": "kernel", "case": "c", "status": "ok", "reason": None, "method": "m", "median_ms": 1.5}
+    assert validate_row(built) is built
+
+
+V2 = {"schema": SCHEMA_VERSION, "run_id": "r"}
+
+
 @pytest.mark.parametrize("content, message", [
-    ({"schema": 2, "cases": []}, "schema 2.*schema 1"),
+    ({"schema": 3, "cases": []}, "schema 3; this harness reads schemas 1, 2"),
     ({"cases": []}, "schema None"),
-    ({"schema": 1}, "no 'cases'"),
+    ({"schema": 2}, "no 'cases'"),
     ("{not json", "not valid JSON"),
+    ({**V2, "cases": [{"kind": "kernel", "case": "c", "median_ms": "fast"}]}, "case 'c': field 'median_ms'"),
+    ({**V2, "cases": [{"kind": "kernel", "case": "c", "colour": 1}]}, "unknown field 'colour'"),
+    ({**V2, "cases": [{"kind": "kernel", "case": "c"}, {"kind": "e2e", "case": "c"}]}, "case 'c' appears twice"),
+    ({**V2, "cases": [], "finished": 3}, "run field 'finished' is 3"),
+    ({"schema": 2, "cases": []}, "run field 'run_id' is missing"),
 ])
 def test_load_results_explains_what_is_wrong(tmp_path, content, message):
     path = tmp_path / "results.json"
     path.write_text(content if isinstance(content, str) else json.dumps(content))
     with pytest.raises(ResultsError, match=message):
         load_results(tmp_path)
+
+
+def test_the_cli_refuses_an_invalid_file_naming_the_field(tmp_path, capsys):
+    (tmp_path / "results.json").write_text(json.dumps({**V2, "cases": [{"kind": "kernel", "case": "c",
+                                                                         "median_ms": [1]}]}))
+    assert cli_main(["report", str(tmp_path)]) == 2
+    assert "field 'median_ms'" in capsys.readouterr().err
+
+
+SCHEMA_1 = {"schema": 1, "run_id": "old", "cases": [
+    {"kind": "kernel", "case": "k", "family": "hilberta", "spec": {"method": "hilberta_flex", "tiles": 4}},
+    {"kind": "e2e", "case": "e", "family": "dense"},
+    {"kind": "tune", "case": "t", "family": "sta", "method": "sta_tile8x8_win3x3"},
+]}
+
+
+def test_a_schema_1_file_is_upgraded_family_meaning_one_thing(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps(SCHEMA_1))
+    data = load_results(tmp_path)
+    kernel, e2e, tune = data["cases"]
+    assert data["schema"] == SCHEMA_VERSION and data["upgrade"] == {"from": 1, "problems": []}
+    assert (kernel["family"], kernel["category"]) == ("hilberta_flex", "hilberta")
+    assert "family" not in e2e and e2e["category"] == "dense"
+    assert (tune["kernel"], tune["family"]) == ("sta", "sta")
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: str(p.relative_to(PROJECT_ROOT)))
+def test_committed_results_load_and_only_the_nasty_fixture_has_problems(path: Path):
+    data = load_results(path)
+    assert data["schema"] == SCHEMA_VERSION
+    problems = data.get("upgrade", {}).get("problems", [])
+    if path.name == "results_nasty.json":  # a hostile file for the report: kept, its problems listed
+        assert any("field 'kind' is 'mystery'" in p for p in problems)
+    else:
+        assert problems == []
 
 
 def test_load_results_of_a_missing_directory(tmp_path):
@@ -110,7 +184,7 @@ def test_load_results_of_a_missing_directory(tmp_path):
 # ---- pytest-benchmark export --------------------------------------------------------------------------------
 
 def exported(tmp_path) -> tuple[dict, dict]:
-    data = {"schema": 1, "suite": "smoke", "created": "2026-11-27T10:00:00+00:00", "policy": {},
+    data = {"schema": SCHEMA_VERSION, "suite": "smoke", "created": "2026-11-27T10:00:00+00:00", "policy": {},
             "env": {"gpu_name": "test", "git": {"commit": "abc123", "dirty": True}},
             "cases": [row("128x128/a/layer0", "a", 2.0, samples=[1.0, 2.0, 4.0, 3.0]),
                       row("128x128/b/layer0", "b", None, status="failed")]}

@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 
+from harness.apps.e2e import E2ESettings
 from harness.core.suite import (
     LAYERED_CATEGORIES,
     GateThresholds,
@@ -25,6 +26,7 @@ head_dim = 32
 dtype = "float32"
 """
 METHODS = 'methods = ["sdpa_math", {method = "hilberta", tiles = 4}]\n'
+SECTIONS = {"e2e": E2ESettings.from_section}  # what `python -m harness run` gives load_suite
 
 
 def write_suite(tmp_path, text: str):
@@ -50,7 +52,7 @@ def test_every_required_suite_is_shipped():
 
 @pytest.mark.parametrize("name", available_suites())
 def test_shipped_suite_loads_with_unique_cases(name):
-    suite = load_suite(name)
+    suite = load_suite(name, sections=SECTIONS)
     cases = suite.cases()
     ids = [case.case_id for case in cases]
     assert len(ids) == len(set(ids))
@@ -127,11 +129,18 @@ BAD_SUITES = {
 def test_mistake_is_reported_with_its_line(tmp_path, text, names):
     path = write_suite(tmp_path, text)
     with pytest.raises(SuiteError) as info:
-        load_suite(path)
+        load_suite(path, sections=SECTIONS)
     message = str(info.value)
     assert names in message
     assert info.value.line == marked_line(text), message
     assert message.startswith(f"{path}:{marked_line(text)}: ")
+
+
+def test_a_table_an_application_defines_is_kept_unchecked_without_its_check(tmp_path):
+    path = write_suite(tmp_path, 'description = "e2e"\n[e2e]\nstepz = 3\n')
+    assert dict(load_suite(path).e2e) == {"stepz": 3}
+    with pytest.raises(SuiteError, match="stepz"):
+        load_suite(path, sections=SECTIONS)
 
 
 def test_toml_syntax_error_gives_its_line(tmp_path):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from triton.runtime.errors import OutOfResources
 
-from baselines.base import PreparedAttention
+from baselines.base import Method, PreparedAttention
 from baselines.problem import Problem
 from harness.apps import tune
 from kernels import config as kconfig
@@ -62,12 +62,12 @@ def crash(q, k, v):
 
 
 def flaky():
-    """Right on its first call (the correctness check), raises when timed."""
+    """Right on its first two calls (the lifecycle's first call and correctness check), raises when timed."""
     calls = []
 
     def run(q, k, v):
         calls.append(1)
-        if len(calls) > 1:
+        if len(calls) > 2:
             raise RuntimeError("launch failed")
         return dense(q, k, v)
     return run
@@ -85,13 +85,15 @@ def fake_kernel(monkeypatch, tmp_path):
     torch.set_num_threads(1)
 
     def make(script: dict) -> tune.TuneTarget:
-        def prepare(config):
-            return PreparedAttention(method="fake", problem=TINY, backend="fake", run=script[config],
-                                     image_order=None, mask_rows=None, allowed_pairs=TINY.seq_len ** 2,
-                                     computed_pairs=TINY.seq_len ** 2)
+        def candidate(config):  # what the registry gives for a real kernel: a method with that config
+            def build(problem, device):
+                return PreparedAttention(method="fake", problem=problem, backend="fake", run=script[config],
+                                         image_order=None, mask_rows=None, allowed_pairs=TINY.seq_len ** 2,
+                                         computed_pairs=TINY.seq_len ** 2)
+            return Method(name=f"fake_cfg_{config.name}", label=config.name, family="control", build=build)
 
         def problems(args):
-            return [tune.TuneProblem("fake", TINY, "fake", "d16_float32_L16_g4", prepare)]
+            return [tune.TuneProblem("fake", TINY, "fake", "d16_float32_L16_g4", candidate, "fake")]
 
         target = tune.TuneTarget("fake", "fake", problems, lambda head_dim, space: list(script))
         monkeypatch.setitem(tune.TARGETS, "fake", target)
@@ -104,6 +106,10 @@ def tune_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     tune.add_arguments(parser)
     return parser.parse_args(argv)
+
+
+def settings(*argv: str) -> tune.TuneSettings:
+    return tune.TuneSettings.from_args(tune_args(*argv))
 
 
 def statuses(outcome: tune.ProblemOutcome) -> dict[str, tuple[str, str | None]]:
@@ -121,7 +127,7 @@ def test_skips_uncompilable_never_picks_incorrect_and_picks_the_fastest(fake_ker
     assert seen[broken.name][0] == "skipped" and seen[broken.name][1].startswith("does not compile or fit: "
                                                                                  "OutOfResources")
     assert seen[bad.name][0] == "incorrect" and "relative error" in seen[bad.name][1]
-    assert seen[crashed.name] == ("failed", "RuntimeError: illegal memory access")
+    assert seen[crashed.name] == ("failed", "first call: RuntimeError: illegal memory access")
     assert outcome.best.config == fast
     assert outcome.best.row["extra"]["chosen"] and outcome.best.row["extra"]["stage"] == "final"
     untimed = [c for c in outcome.candidates if c.config in (broken, bad, crashed)]
@@ -189,7 +195,7 @@ def test_tune_writes_rows_and_stores_the_winner_under_its_key(fake_kernel, monke
     fast = KernelConfig(64, 32, 4, 1)
     target = fake_kernel({FAKE_DEFAULT: sleepy, fast: dense, KernelConfig(64, 32, 4, 2): wrong})
     monkeypatch.setattr(kconfig, "device_arch", lambda device=None: "sm90")
-    outcomes, results_path = tune.tune(["fake"], tune_args(), FAST_PLAN, torch.device("cpu"), tmp_path / "run",
+    outcomes, results_path = tune.tune(["fake"], settings(), FAST_PLAN, torch.device("cpu"), tmp_path / "run",
                                        write=True)
     assert kconfig.lookup("fake", "sm90", "d16_float32_L16_g4") == (fast, "sm90.json:d16_float32_L16_g4")
     entry = json.loads((kconfig.CONFIG_DIR / "sm90.json").read_text())["kernels"]["fake"]["d16_float32_L16_g4"]
@@ -206,8 +212,36 @@ def test_tune_writes_rows_and_stores_the_winner_under_its_key(fake_kernel, monke
 def test_no_write_leaves_the_config_store_alone(fake_kernel, monkeypatch, tmp_path):
     fake_kernel({FAKE_DEFAULT: dense, KernelConfig(64, 32, 4, 1): dense})
     monkeypatch.setattr(kconfig, "device_arch", lambda device=None: "sm90")
-    tune.tune(["fake"], tune_args(), FAST_PLAN, torch.device("cpu"), tmp_path / "run", write=False)
+    tune.tune(["fake"], settings(), FAST_PLAN, torch.device("cpu"), tmp_path / "run", write=False)
     assert not (kconfig.CONFIG_DIR / "sm90.json").exists()
+
+
+@pytest.mark.parametrize("winner", ["tuned", "default"])
+def test_store_from_results_stores_what_the_tune_would_have_stored(winner, fake_kernel, monkeypatch, tmp_path):
+    """A tune run with --no-write, then --store-from its results: the same entry as a tune that writes."""
+    fast = KernelConfig(64, 32, 4, 1)
+    script = {FAKE_DEFAULT: dense, fast: sleepy} if winner == "default" else {FAKE_DEFAULT: sleepy, fast: dense}
+    fake_kernel(script)
+    monkeypatch.setattr(kconfig, "device_arch", lambda device=None: "sm90")
+    (outcome,), results_path = tune.tune(["fake"], settings(), FAST_PLAN, torch.device("cpu"), tmp_path / "run",
+                                         write=False)
+    assert not (kconfig.CONFIG_DIR / "sm90.json").exists()
+    (written,) = tune.store_from_results(results_path.parent)
+    assert written == kconfig.CONFIG_DIR / "sm90.json"
+    expected = FAKE_DEFAULT if winner == "default" else fast
+    assert outcome.best.config == expected
+    assert kconfig.lookup("fake", "sm90", "d16_float32_L16_g4") == (expected, "sm90.json:d16_float32_L16_g4")
+    entry = json.loads(written.read_text())["kernels"]["fake"]["d16_float32_L16_g4"]
+    for key in ("median_ms", "default_median_ms", "speedup_vs_default", "candidates"):
+        assert entry[key] == pytest.approx(outcome.evidence[key]), key
+    assert entry["from_results"] == results_path.parent.name
+
+
+def test_store_from_results_refuses_a_cpu_run(fake_kernel, tmp_path):
+    fake_kernel({FAKE_DEFAULT: dense})
+    _, results_path = tune.tune(["fake"], settings(), FAST_PLAN, torch.device("cpu"), tmp_path / "run", write=False)
+    with pytest.raises(ValueError, match="arch"):
+        tune.store_from_results(results_path)
 
 
 @pytest.mark.parametrize("kernel", ["hilberta", "sta", "all"])
@@ -249,7 +283,7 @@ def test_quick_hilberta_space_is_a_subset():
 ])
 def test_bad_problem_arguments_are_reported(argv, message, capsys):
     assert tune.run(tune_args(*argv, "--dry-run")) == 2
-    assert message in capsys.readouterr().out
+    assert message in capsys.readouterr().err
 
 
 def hilberta_lookup(device: torch.device) -> tuple[KernelConfig, str]:
@@ -281,7 +315,7 @@ def test_real_kernel_tunes_in_the_interpreter_and_its_lookup_returns_the_winner(
     (tmp_path / "configs").mkdir()
     for module in (kconfig, importlib.import_module(kernel_module)):  # a GPU architecture, not "cpu"
         monkeypatch.setattr(module, "device_arch", lambda device=None: "sm90")
-    args = tune_args("--kernel", kernel, "--resolutions", "128x128", "--tiles", "4", "--sta-tiles", "4x4",
+    args = settings("--kernel", kernel, "--resolutions", "128x128", "--tiles", "4", "--sta-tiles", "4x4",
                      "--dtype", "float32", "--head-dim", "16", "--heads", "1", "--text-tokens", "16")
     (outcome,), results_path = tune.tune([kernel], args, INTERPRETER_PLAN, torch.device("cpu"),
                                          tmp_path / "run", write=True)

@@ -3,10 +3,11 @@
 For every problem (resolution x tiles) of a kernel (`TARGETS`: ``hilberta``, ``sta``) the tuner sweeps the
 kernel's config space (`kernels.config.config_space`, narrowed to the knobs the kernel has):
 
-1. each candidate is compiled and checked against the exact reference on a row sample
-   (`harness.measure.correctness.check_correctness`, bf16 tolerance 1e-2); one that does not compile or does not
-   fit (Triton's CompilationError / OutOfResources / PTXASError, CUDA out of memory) is skipped with the
-   reason, one that is wrong is recorded as incorrect; neither is ever timed, let alone picked;
+1. each candidate is the registry's method with that launch config (``{"method": "hilberta", "tiles": 16,
+   "config": {...}}``), made ready through the case lifecycle (`harness.core.lifecycle`: compiled by its
+   first call, checked against the exact reference on a row sample, bf16 tolerance 1e-2); one that does not
+   compile or does not fit (Triton's CompilationError / OutOfResources / PTXASError, CUDA out of memory) is
+   skipped with the reason, one that is wrong is recorded as incorrect; neither is ever timed, let alone picked;
 2. a coarse pass times every correct candidate interleaved (`harness.measure.timing.time_interleaved`) with a few
    samples; 3. the top k, plus the default, are timed again with more samples; the fastest median wins;
 4. the winner and the safe default (`kernels.config.DEFAULTS`) are timed against each other, interleaved,
@@ -24,36 +25,56 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from functools import lru_cache, partial
 from pathlib import Path
 
 import torch
+from triton.compiler.errors import CompilationError
+from triton.runtime.errors import OutOfResources, PTXASError
 
-from baselines.base import PreparedAttention
+from baselines.base import Method
 from baselines.problem import Problem
+from baselines.registry import resolve
+from baselines.sliding_tile_kernel import StaGeometry
+from harness.core.cases import parse_resolution
+from harness.core.lifecycle import make_ready
+from harness.core.results import RESULTS_NAME, ResultsFile, load_results
+from harness.core.runner import time_group
+from harness.core.schema import Row
+from harness.measure import stats
+from harness.measure.correctness import CorrectnessPolicy
+from harness.measure.envinfo import fingerprint
+from harness.measure.timing import TimingPolicy
 from kernels import config as kconfig
 from kernels.config import KernelConfig
+from kernels.layout import HilbertLayout
 
 
 @dataclass(frozen=True)
 class TuneProblem:
-    """One problem a kernel is tuned for, the key its winner is stored under, and how to make one
-    candidate config ready to check and time."""
+    """One problem a kernel is tuned for, the key its winner is stored under, and the method of each
+    candidate config (the registry's, with that ``config``)."""
 
     kernel: str
     problem: Problem
-    method: str  # a method-like name, e.g. "hilberta_t16"
+    method: str  # the tuned method with its stored config, e.g. "hilberta_t16"
     key: str  # kernels.config.config_key(...), what the kernel looks up at launch
-    prepare: Callable[[KernelConfig], PreparedAttention]
+    candidate: Callable[[KernelConfig], Method]
+    family: str | None = None  # the registry family of the candidates
 
     @property
     def label(self) -> str:
         """``2048x2048/hilberta_t16``: the prefix of its rows' case ids."""
         return f"{self.problem.resolution}/{self.method}"
+
+
+def registry_candidate(spec: Mapping) -> Callable[[KernelConfig], Method]:
+    """Candidates of a registry method: ``spec`` with each launch config."""
+    return lambda config: resolve({**spec, "config": config.to_dict()})
 
 
 @dataclass(frozen=True)
@@ -62,7 +83,7 @@ class TuneTarget:
 
     name: str
     backend: str
-    problems: Callable[[argparse.Namespace], list[TuneProblem]]
+    problems: Callable[[TuneSettings], list[TuneProblem]]
     space: Callable[[int, str], list[KernelConfig]]  # (head_dim, "full" | "quick")
 
 
@@ -105,24 +126,35 @@ def _parse_pairs(text: str, what: str) -> list[tuple[int, int]]:
     return pairs
 
 
-def _problems(args: argparse.Namespace) -> list[Problem]:
-    """One problem per ``--resolutions`` entry (pixels, WIDTHxHEIGHT), in the shape the arguments give."""
-    from harness.core.suite import parse_resolution
+@dataclass(frozen=True)
+class TuneSettings:
+    """What to tune, from the command line, parsed and checked (a bad value raises ValueError naming it)."""
 
-    shape = {"text_tokens": args.text_tokens, "heads": args.heads, "head_dim": args.head_dim, "dtype": args.dtype}
-    return [parse_resolution(text, **shape) for text in args.resolutions.split(",")]
+    problems: tuple[Problem, ...]  # one per --resolutions entry (pixels, WIDTHxHEIGHT)
+    tiles: tuple[int, ...]  # HilbertA's tile counts
+    sta_tiles: tuple[tuple[int, int], ...]
+    sta_window: tuple[int, int]
+    head_dim: int
+    space: str  # "full" | "quick"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TuneSettings:
+        shape = {"text_tokens": args.text_tokens, "heads": args.heads, "head_dim": args.head_dim,
+                 "dtype": args.dtype}
+        return cls(tuple(parse_resolution(text, **shape) for text in args.resolutions.split(",")),
+                   tuple(_parse_ints(args.tiles, "--tiles")), tuple(_parse_pairs(args.sta_tiles, "STA tile")),
+                   _parse_pairs(args.sta_window, "STA window")[0], args.head_dim, args.space)
 
 
-def _hilberta_problems(args: argparse.Namespace) -> list[TuneProblem]:
-    from kernels.layout import HilbertLayout
-
+def _hilberta_problems(settings: TuneSettings) -> list[TuneProblem]:
     out = []
-    for problem in _problems(args):
-        for tiles in _parse_ints(args.tiles, "--tiles"):
+    for problem in settings.problems:
+        for tiles in settings.tiles:
             layout = HilbertLayout(problem.height, problem.width, problem.text_tokens, tiles)
             key = kconfig.config_key(problem.head_dim, problem.dtype, layout.seq_len, layout.tile_len)
-            out.append(TuneProblem("hilberta", problem, f"hilberta_t{tiles}", key,
-                                   partial(_hilberta_candidate, problem, layout)))
+            spec = {"method": "hilberta", "tiles": tiles}
+            out.append(TuneProblem("hilberta", problem, resolve(spec).name, key, registry_candidate(spec),
+                                   spec["method"]))
     return out
 
 
@@ -133,28 +165,15 @@ def _hilberta_space(head_dim: int, space: str) -> list[KernelConfig]:
     return configs
 
 
-def _hilberta_candidate(problem: Problem, layout, config: KernelConfig) -> PreparedAttention:
-    from kernels.hilbert_attention import hilbert_attention, hilbert_attention_computed_pairs
-
-    return PreparedAttention(
-        method=f"hilberta_t{layout.num_tiles}", problem=problem, backend="triton-hilberta",
-        run=lambda q, k, v: hilbert_attention(q, k, v, layout, layer=0, config=config),
-        image_order=layout.permutation(), mask_rows=lambda rows: layout.mask_rows(rows, 0),
-        allowed_pairs=layout.allowed_pairs(0), computed_pairs=hilbert_attention_computed_pairs(layout, 0, config),
-        extra={"shared_tokens": layout.shared_tokens})
-
-
-def _sta_problems(args: argparse.Namespace) -> list[TuneProblem]:
-    from baselines.sliding_tile_kernel import StaGeometry
-
-    window = _parse_pairs(args.sta_window, "STA window")[0]
+def _sta_problems(settings: TuneSettings) -> list[TuneProblem]:
+    window = settings.sta_window
     out = []
-    for problem in _problems(args):
-        for tile in _parse_pairs(args.sta_tiles, "STA tile"):
+    for problem in settings.problems:
+        for tile in settings.sta_tiles:
             geometry = StaGeometry(problem.height, problem.width, problem.text_tokens, tile, window)
             key = kconfig.config_key(problem.head_dim, problem.dtype, geometry.seq_len, tile[0] * tile[1])
-            method = f"sta_tile{tile[0]}x{tile[1]}_win{window[0]}x{window[1]}"
-            out.append(TuneProblem("sta", problem, method, key, partial(_sta_candidate, problem, method, geometry)))
+            spec = {"method": "sta", "tile": tile, "window": window}
+            out.append(TuneProblem("sta", problem, resolve(spec).name, key, registry_candidate(spec), spec["method"]))
     return out
 
 
@@ -167,28 +186,6 @@ def _sta_space(head_dim: int, space: str) -> list[KernelConfig]:
     return [replace(default, num_warps=w, num_stages=s) for w, s in knobs]
 
 
-@lru_cache(maxsize=8)
-def _sta_mask(geometry):
-    """The exact mask of one STA problem, built once for all its candidates."""
-    from baselines.window_masks import sliding_tile_mask
-
-    return sliding_tile_mask(geometry.height, geometry.width, geometry.text_tokens, geometry.tile, geometry.window)
-
-
-def _sta_candidate(problem: Problem, method: str, geometry, config: KernelConfig) -> PreparedAttention:
-    from baselines.sliding_tile_kernel import sta_attention
-    from baselines.window_masks import window_allowed_pairs
-
-    g = geometry
-    return PreparedAttention(
-        method=method, problem=problem, backend="triton-sta",
-        run=lambda q, k, v: sta_attention(q, k, v, g.height, g.width, g.text_tokens, g.tile, g.window,
-                                          config=config),
-        image_order=None, mask_rows=_sta_mask(g).rows,
-        allowed_pairs=window_allowed_pairs(g.height, g.width, g.text_tokens, g.tile, g.window),
-        computed_pairs=g.computed_pairs(), extra={"shared_tokens": g.text_tokens})
-
-
 TARGETS = {
     "hilberta": TuneTarget("hilberta", "triton-hilberta", _hilberta_problems, _hilberta_space),
     "sta": TuneTarget("sta", "triton-sta", _sta_problems, _sta_space),
@@ -199,15 +196,7 @@ TARGETS = {
 
 def config_rejections() -> tuple[type[BaseException], ...]:
     """What "this config does not compile, or does not fit on this GPU" looks like."""
-    from triton.compiler.errors import CompilationError
-    from triton.runtime.errors import OutOfResources, PTXASError
-
     return CompilationError, OutOfResources, PTXASError, torch.OutOfMemoryError
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 @dataclass
@@ -229,18 +218,14 @@ class ProblemOutcome:
 
 
 def _candidate_row(target: TuneTarget, tp: TuneProblem, config: KernelConfig, is_default: bool) -> dict:
-    return {"kind": "tune", "case": f"{tp.label}/{config.name}", "method": tp.method,
-            "label": config.name, "family": target.name, "params": config.to_dict(), "backend": target.backend,
-            "problem": tp.problem.to_dict(), "status": "ok", "reason": None,
-            "extra": {"key": tp.key, "default": is_default, "chosen": False, "stage": None}}
+    return Row(kind="tune", case=f"{tp.label}/{config.name}", method=tp.method, label=config.name,
+               kernel=target.name, params=config.to_dict(), backend=target.backend, problem=tp.problem.to_dict(),
+               extra={"key": tp.key, "default": is_default, "chosen": False, "stage": None}).to_dict()
 
 
 def _check_candidates(target: TuneTarget, tp: TuneProblem, configs: list[KernelConfig], device: torch.device,
                       deadline: float, inputs) -> list[Candidate]:
-    """Compile and check every config; only correct ones get a call to time."""
-    from harness.measure.correctness import check_correctness
-    from harness.core.suite import CorrectnessPolicy
-
+    """Make every config's method ready (`harness.core.lifecycle.make_ready`); only correct ones get a call."""
     default = kconfig.DEFAULTS[target.name]
     policy = CorrectnessPolicy()
     rejections = config_rejections()
@@ -252,44 +237,29 @@ def _check_candidates(target: TuneTarget, tp: TuneProblem, configs: list[KernelC
         if time.monotonic() > deadline:
             row.update(status="skipped", reason="tune budget spent before this config was tried")
             continue
-        try:
-            prepared = tp.prepare(config)
-            row["correctness"] = check_correctness(prepared, policy, device, seed=0)
-        except rejections as exc:
-            row.update(status="skipped", reason=f"does not compile or fit: {_first_line(exc)}")
-            continue
-        except Exception as exc:  # one bad config is a row with a reason, never the end of the tune
-            row.update(status="failed", reason=_first_line(exc))
-            continue
-        check = row["correctness"]
-        if not check["passed"]:
-            row.update(status="incorrect", reason=f"relative error {check['rel_err']:.3g} > tolerance "
-                                                  f"{check['tol']:.3g}")
-            continue
-        candidate.call = partial(prepared.run, *inputs)
+        method = tp.candidate(config)
+        state = make_ready(method, tp.problem, device, policy, inputs, seed=0, rejections=rejections)
+        tune_extra = row["extra"]
+        row.update(state.fields, family=tp.family, category=method.family)
+        row["extra"] = {**state.fields.get("extra", {}), **tune_extra}
+        candidate.call = state.call if state.ready else None
     return candidates
 
 
 def _time(candidates: list[Candidate], policy: dict, device: torch.device, stage: str) -> None:
-    """Time the candidates interleaved; their rows get the samples of this pass. One that raises while
-    being timed is marked failed and the pass is repeated without it."""
-    from harness.measure import stats
-    from harness.measure.timing import TimedFnError, TimingPolicy, time_interleaved
-
+    """Time the candidates interleaved (`harness.core.runner.time_group`); their rows get the samples of this
+    pass. One that raises while being timed is marked failed and the rest are timed without it."""
     pending = {c.config.name: c for c in candidates if c.call is not None}
-    while pending:
-        try:
-            samples = time_interleaved({name: c.call for name, c in pending.items()}, TimingPolicy(**policy),
-                                       device)
-        except TimedFnError as exc:
-            bad = pending.pop(exc.name)
-            bad.row.update(status="failed", reason=f"while timing: {exc}")
-            bad.call = None
-            continue
-        for name, c in pending.items():
-            c.row.update(samples_ms=samples[name], **stats.summarize(samples[name]))
-            c.row["extra"]["stage"] = stage
+    if not pending:
         return
+    samples, failures = time_group({name: c.call for name, c in pending.items()}, TimingPolicy(**policy), device)
+    for name, c in pending.items():
+        if name in failures:
+            c.row.update(status="failed", reason=f"while timing: {failures[name]}")
+            c.call = None
+            continue
+        c.row.update(samples_ms=samples[name], **stats.summarize(samples[name]))
+        c.row["extra"]["stage"] = stage
 
 
 def _median(c: Candidate) -> float:
@@ -302,8 +272,6 @@ def _alive(candidates: list[Candidate]) -> list[Candidate]:
 
 def _evidence(best: Candidate, default: Candidate | None, n_timed: int) -> dict:
     """What `kernels.config.store` keeps next to the winner; the speedup is default / winner."""
-    from harness.measure import stats
-
     evidence = {"median_ms": best.row["median_ms"], "ci95_ms": best.row["ci95_ms"],
                 "default_median_ms": default.row["median_ms"] if default else None,
                 "speedup_vs_default": None, "candidates": n_timed}
@@ -349,16 +317,16 @@ def _meta(env: dict) -> dict:
             "triton": versions.get("triton"), "driver": env.get("driver_version")}
 
 
-def plan_lines(kernels: Sequence[str], args: argparse.Namespace, plan: TunePlan) -> list[str]:
+def plan_lines(kernels: Sequence[str], settings: TuneSettings, plan: TunePlan) -> list[str]:
     """What a tune would do: problems, keys, the config space, and the timing passes."""
     lines = []
     for kernel in kernels:
         target = TARGETS[kernel]
-        configs = target.space(args.head_dim, args.space)
-        lines.append(f"{kernel}: {len(configs)} configs ({args.space} space); the default "
+        configs = target.space(settings.head_dim, settings.space)
+        lines.append(f"{kernel}: {len(configs)} configs ({settings.space} space); the default "
                      f"{kconfig.DEFAULTS[kernel].name} is always timed too:")
         lines += [f"  {c.name}" for c in configs]
-        for tp in target.problems(args):
+        for tp in target.problems(settings):
             lines.append(f"  problem {tp.label}: L={tp.problem.seq_len}, key {tp.key}")
     lines.append(f"per problem: check every config, coarse-time all correct ones (<= {plan.coarse['max_samples']} "
                  f"samples), refine the top {plan.top_k} + default (<= {plan.refine['max_samples']}), then winner "
@@ -387,23 +355,20 @@ def speedup_table(outcomes: list[ProblemOutcome]) -> str:
     return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header, *rows])
 
 
-def tune(kernels: Sequence[str], args: argparse.Namespace, plan: TunePlan, device: torch.device, out_dir: Path,
+def tune(kernels: Sequence[str], settings: TuneSettings, plan: TunePlan, device: torch.device, out_dir: Path,
          write: bool) -> tuple[list[ProblemOutcome], Path]:
     """Tune every problem of every kernel; write results.json and (if ``write``) the winners."""
-    from harness.measure.envinfo import fingerprint
-    from harness.core.results import RESULTS_NAME, ResultsFile
-
     deadline = time.monotonic() + plan.budget_s
     arch = kconfig.device_arch(device)
     results = ResultsFile(out_dir / RESULTS_NAME, run_id=out_dir.name, suite="tune",
-                          policy={"tune": plan.to_dict(), "space": args.space, "arch": arch})
+                          policy={"tune": plan.to_dict(), "space": settings.space, "arch": arch})
     env = fingerprint(device)
     results.write_env(env)
     outcomes = []
     for kernel in kernels:
         target = TARGETS[kernel]
-        configs = target.space(args.head_dim, args.space)
-        for tp in target.problems(args):
+        configs = target.space(settings.head_dim, settings.space)
+        for tp in target.problems(settings):
             print(f"tune {tp.label} ({tp.key}): {len(configs)} configs", flush=True)
             outcome = tune_problem(target, tp, configs, plan, device, deadline)
             outcomes.append(outcome)
@@ -416,31 +381,59 @@ def tune(kernels: Sequence[str], args: argparse.Namespace, plan: TunePlan, devic
     return outcomes, results.path
 
 
+def _stored_rows(data: dict, path: Path) -> list[dict]:
+    """The ok tune rows, each with what storing needs checked (and its median recomputed from its samples);
+    ValueError ``"<file>: cases[i].<field>: ..."``."""
+    rows = []
+    for i, row in enumerate(data["cases"]):
+        if not isinstance(row, dict) or row.get("kind") != "tune" or row.get("status") != "ok":
+            continue
+        where = f"{path}: cases[{i}]"
+        extra = row.get("extra")
+        if not isinstance(extra, dict) or not isinstance(extra.get("key"), str):
+            raise ValueError(f"{where}.extra.key: expected the config key the kernel looks up, got {extra!r:.80}")
+        kernel = row.get("kernel")
+        if kernel not in TARGETS:
+            raise ValueError(f"{where}.kernel: {kernel!r} is not a tunable kernel ({', '.join(TARGETS)})")
+        try:
+            KernelConfig(**row["params"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{where}.params: not a kernel config ({exc})") from None
+        try:  # the evidence is recomputed from the raw samples: they must be numbers
+            median_ms = stats.summarize(row.get("samples_ms") or [])["median_ms"]
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{where}.samples_ms: {exc}") from None
+        rows.append({**row, "kernel": kernel, "median_ms": median_ms})
+    return rows
+
+
 def store_from_results(path: Path) -> list[Path]:
     """Store the winners of a finished tune run from its results file alone: for a tune that ran on a
     remote GPU runner whose results came back but whose ``kernels/configs`` did not. The evidence is
-    recomputed from the chosen and default rows' raw samples, exactly as `tune` computes it."""
-    from harness.measure import stats
-    from harness.core.results import load_results
+    recomputed from the chosen and default rows' raw samples, exactly as `tune` computes it. The run's
+    architecture names the file written, so it must look like ``sm90`` (`harness.core.paths.check_arch`)."""
+    from harness.core.paths import check_arch
 
     data = load_results(path)
-    rows = [r for r in data["cases"] if r.get("kind") == "tune" and r.get("status") == "ok"]
     arch = (data.get("policy") or {}).get("arch")
-    if not arch or arch == "cpu":
-        raise ValueError(f"{path}: not a GPU tune run (arch {arch!r})")
+    if arch == "cpu":
+        raise ValueError(f"{path}: policy.arch: not a GPU tune run (arch 'cpu')")
+    check_arch(arch, f"{path}: policy.arch")
+    rows = _stored_rows(data, path)
+    env = data.get("env") if isinstance(data.get("env"), dict) else {}
     written = []
     for best in (r for r in rows if r["extra"].get("chosen")):
         key = best["extra"]["key"]
-        default = next((r for r in rows if r["extra"].get("key") == key and r["extra"].get("default")), None)
-        evidence = {"median_ms": best["median_ms"], "ci95_ms": best["ci95_ms"],
+        default = next((r for r in rows if r["extra"]["key"] == key and r["extra"].get("default")), None)
+        evidence = {"median_ms": best["median_ms"], "ci95_ms": best.get("ci95_ms"),
                     "default_median_ms": default["median_ms"] if default else None,
                     "speedup_vs_default": 1.0 if default is best else None,
-                    "candidates": sum(r["extra"].get("key") == key for r in rows)}
+                    "candidates": sum(r["extra"]["key"] == key for r in rows)}
         if default is not None and default is not best:
             ratio, lo, hi = stats.ratio_ci(best["samples_ms"], default["samples_ms"])
             evidence.update(speedup_vs_default=ratio, speedup_ci95=[lo, hi])
-        meta = {**_meta(data["env"]), "date": data["created"][:10], "from_results": data["run_id"]}
-        written.append(kconfig.store(best["family"], arch, key, KernelConfig(**best["params"]), evidence, meta))
+        meta = {**_meta(env), "date": str(data.get("created"))[:10], "from_results": data["run_id"]}
+        written.append(kconfig.store(best["kernel"], arch, key, KernelConfig(**best["params"]), evidence, meta))
     return written
 
 
@@ -462,6 +455,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="list the problems, the space and the plan")
     parser.add_argument("--store-from", metavar="DIR", type=Path,
                         help="store the winners of a finished tune run (its results dir) instead of tuning")
+    parser.add_argument("--anyway", action="store_true",
+                        help="tune on a machine that cannot store configs (CPU, interpreter): results only")
     parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=True,
                         help="store the winners in kernels/configs/<arch>.json (default: yes)")
 
@@ -471,7 +466,7 @@ def run(args: argparse.Namespace) -> int:
     plan = TunePlan(budget_s=args.budget_s)
     try:
         if args.dry_run:
-            print("\n".join(plan_lines(kernels, args, plan)))
+            print("\n".join(plan_lines(kernels, TuneSettings.from_args(args), plan)))
             return 0
         if args.store_from:
             for path in store_from_results(args.store_from):
@@ -479,16 +474,20 @@ def run(args: argparse.Namespace) -> int:
             return 0
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-            print("tune: no CUDA device; tuning needs a GPU (or TRITON_INTERPRET=1 with tiny problems)")
+            print("error: tune: no CUDA device; tuning needs a GPU (or TRITON_INTERPRET=1 with tiny problems)",
+                  file=sys.stderr)
             return 2
         arch = kconfig.device_arch(device)
+        if arch == "cpu" and not args.anyway:  # refuse at once: minutes of interpreter timing, nothing kept
+            print("error: tune: this machine cannot store tuned configs (arch 'cpu': no CUDA device, or "
+                  "TRITON_INTERPRET=1), so a tune here keeps nothing; pass --anyway to tune without storing",
+                  file=sys.stderr)
+            return 2
         out_dir = Path(args.out or f"results/tune-{arch}-{datetime.now():%Y%m%d-%H%M%S}")
-        write = args.write and arch != "cpu"
-        if args.write and not write:
-            print("tune: not storing configs for 'cpu': the interpreter always runs the CPU default")
-        outcomes, results_path = tune(kernels, args, plan, device, out_dir, write)
+        outcomes, results_path = tune(kernels, TuneSettings.from_args(args), plan, device, out_dir,
+                                      args.write and arch != "cpu")
     except ValueError as exc:
-        print(f"tune: {exc}")
+        print(f"error: tune: {exc}", file=sys.stderr)
         return 2
     print(speedup_table(outcomes))
     print(f"wrote {results_path}")

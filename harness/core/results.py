@@ -1,8 +1,10 @@
-"""The results directory: ``results.json`` (schema 1), ``env.json`` and the pytest-benchmark export.
+"""The results directory: ``results.json`` (`harness.core.schema`), ``env.json`` and the pytest-benchmark export.
 
 `ResultsFile` rewrites ``results.json`` atomically (temp file + ``os.replace``) after every case, so an
-interrupted run always leaves a complete, loadable file holding the cases finished so far. Values that
-are not finite (an infinite relative error, say) are written as ``null``: the file is strict JSON.
+interrupted run always leaves a complete, loadable file holding the cases finished so far. Every row is
+validated against the schema when it is added, and the whole file when it is read (`load_results`, which
+also upgrades files of an older schema). Values that are not finite (an infinite relative error, say) are
+written as ``null``: the file is strict JSON.
 """
 
 from __future__ import annotations
@@ -15,15 +17,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+from harness.core.schema import SCHEMA_VERSION, SchemaError, upgrade, validate_results, validate_row
+
 RESULTS_NAME = "results.json"
 ENV_NAME = "env.json"
 PYTEST_BENCHMARK_NAME = "pytest-benchmark.json"
-STATUSES = ("ok", "incorrect", "failed", "skipped", "unavailable")
 
 
 class ResultsError(ValueError):
-    """A results file that is missing, unreadable or of another schema version."""
+    """A results file that is missing, unreadable, of an unreadable schema version or not fitting the schema."""
 
 
 def utc_now() -> str:
@@ -65,6 +67,7 @@ class ResultsFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.data = {"schema": SCHEMA_VERSION, "run_id": run_id, "suite": suite, "created": utc_now(),
                      "env": {}, "policy": policy or {}, **(extra or {}), "cases": []}
+        validate_results(self.data)
         self._flush()
 
     @property
@@ -85,9 +88,8 @@ class ResultsFile:
         self._flush()
 
     def add_case(self, row: dict) -> None:
-        """Append one case row (its ``case`` id must be new in this run)."""
-        if row.get("status") not in STATUSES:
-            raise ValueError(f"case {row.get('case')!r}: status {row.get('status')!r} is not one of {STATUSES}")
+        """Append one case row (valid under the schema; its ``case`` id must be new in this run)."""
+        validate_row(row)
         if any(existing["case"] == row["case"] for existing in self.cases):
             raise ValueError(f"case {row['case']!r} is already in {self.path}")
         self.cases.append(row)
@@ -97,17 +99,21 @@ class ResultsFile:
         """Replace rows already added (matched by ``case`` id), e.g. once derived metrics are known."""
         index = {row["case"]: i for i, row in enumerate(self.cases)}
         for row in rows:
+            validate_row(row)
             self.cases[index[row["case"]]] = row
         self._flush()
 
     def set(self, **fields) -> None:
-        """Set top-level fields (``finished``, ``complete``, ...)."""
+        """Set top-level fields (``finished``, ``complete``, ...); refused unless the schema has them."""
+        validate_results({**self.data, **fields, "cases": []})
         self.data.update(fields)
         self._flush()
 
 
 def load_results(path_or_dir: str | Path) -> dict:
-    """A results dict from ``results.json`` or the run directory holding it; checks the schema version."""
+    """A results dict of the current schema from ``results.json`` or the run directory holding it: an older
+    schema is upgraded (`harness.core.schema.upgrade`), the current one validated; `ResultsError` names the
+    file and the first bad field."""
     path = Path(path_or_dir)
     if path.is_dir():
         path = path / RESULTS_NAME
@@ -117,13 +123,12 @@ def load_results(path_or_dir: str | Path) -> dict:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ResultsError(f"{path} is not valid JSON: {exc}") from None
-    schema = data.get("schema") if isinstance(data, dict) else None
-    if schema != SCHEMA_VERSION:
-        raise ResultsError(f"{path} has results schema {schema!r}; this harness reads schema {SCHEMA_VERSION}"
-                           + (" (re-run the suite with this version)" if schema is not None else ""))
-    if not isinstance(data.get("cases"), list):
+    if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
         raise ResultsError(f"{path} has no 'cases' list")
-    return data
+    try:
+        return validate_results(upgrade(data)) if data.get("schema") == SCHEMA_VERSION else upgrade(data)
+    except SchemaError as exc:
+        raise ResultsError(f"{path}: {exc}") from None
 
 
 # ---- pytest-benchmark export -------------------------------------------------------------------------------
@@ -153,8 +158,10 @@ def _commit_info(env: dict) -> dict:
 def export_pytest_benchmark(results: dict, path: str | Path) -> Path:
     """Write the timed cases in pytest-benchmark's JSON format (times in seconds), for its tooling
     (``pytest-benchmark compare``) and dashboards that read it."""
+    # pytest-benchmark is a dependency (same statistics as its tools), imported here because only the
+    # export needs it and it costs ~0.1 s to import; results.py is also read by the report
     from pytest_benchmark import __version__ as pb_version
-    from pytest_benchmark.stats import Stats  # the project depends on pytest-benchmark: same statistics
+    from pytest_benchmark.stats import Stats
 
     benchmarks = []
     for row in _timed_rows(results):

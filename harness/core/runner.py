@@ -1,10 +1,10 @@
 """Run a suite: plan the cases, measure them problem by problem, and write the results directory.
 
-For each problem (one resolution) every case is first made ready on its own: availability, prepare
-(layout and mask build, ``setup_ms.layout``), the first call (compilation, ``setup_ms.first_call``), the
-correctness check against the exact reference, the permutation cost and locality. Then all ready cases of
-the problem are timed *together*, interleaved in rounds (`harness.measure.timing.time_interleaved`) while NVML
-samples clocks, and each gets its power, memory traffic and a clock snapshot where the suite asks.
+For each problem (one resolution) every case is first made ready on its own through the case lifecycle
+(`harness.core.lifecycle`: availability, prepare with ``setup_ms.layout``, the first call with
+``setup_ms.first_call``, the correctness check against the exact reference), then its permutation cost and
+locality. Then all ready cases of the problem are timed *together* (`time_group`, the one place the runner
+times: `harness.measure.timing.time_interleaved`) while NVML samples clocks, and each gets its power, memory traffic and a clock snapshot where the suite asks.
 Anything that goes wrong in one case (an exception, out of memory) becomes that case's row with a reason;
 the run goes on. ``results.json`` is rewritten after every case (`harness.core.results.ResultsFile`).
 """
@@ -12,15 +12,11 @@ the run goes on. ``results.json`` is rewritten after every case (`harness.core.r
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import importlib
 import sys
-import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from itertools import groupby
 from pathlib import Path
 from typing import ClassVar
@@ -28,15 +24,17 @@ from typing import ClassVar
 import torch
 
 from baselines.base import PreparedAttention
-from harness.measure import derived, stats, timing
-from harness.measure.correctness import check_correctness
-from harness.measure.power import unavailable
+from harness.core import memory
+from harness.core.cases import CaseSpec, Suite
+from harness.core.lifecycle import OOM_ERRORS, CaseState, case_row, error_fields, make_ready, release_memory
+from harness.core.paths import RESULTS_ROOT, claim_run_dir
 from harness.core.progress import Progress
 from harness.core.results import PYTEST_BENCHMARK_NAME, RESULTS_NAME, ResultsFile, export_pytest_benchmark, utc_now
-from harness.core.suite import SUITES_DIR, CaseSpec, Suite
+from harness.core.schema import Row
+from harness.core.suite import SUITES_DIR
+from harness.measure import derived, stats, timing
+from harness.measure.power import unavailable
 
-RESULTS_ROOT = Path("results")
-OOM_ERRORS = (torch.OutOfMemoryError,)
 # The permutation gather is small next to attention: a short budget of its own.
 PERMUTE_TIMING = {"warmup_ms": 10.0, "min_samples": 5, "max_samples": 50, "budget_ms": 100.0, "rounds": 1}
 # Progress weight of each stage of a case (how long it takes, roughly, relative to preparing one).
@@ -47,12 +45,6 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def make_run_id(suite_name: str, now: datetime | None = None) -> str:
-    """``20261127-101500-bench-2048``: UTC time of the start, then the suite."""
-    now = now or datetime.now(UTC)
-    return f"{now:%Y%m%d-%H%M%S}-{suite_name}"
-
-
 def optional(module: str, attr: str) -> tuple[Callable | None, str | None]:
     """``(function, None)``, or ``(None, reason)`` when the module is missing or fails to import."""
     try:
@@ -61,41 +53,38 @@ def optional(module: str, attr: str) -> tuple[Callable | None, str | None]:
         return None, f"{module}.{attr} is not available: {type(exc).__name__}: {exc}"
 
 
-def error_row_fields(exc: BaseException, stage: str) -> dict:
-    """status and reason for a case that raised: out of memory is 'skipped', a refusal 'unavailable'."""
-    from baselines.registry import MethodUnavailable
-
-    cause = exc.__cause__ if exc.__cause__ is not None else exc
-    if isinstance(cause, OOM_ERRORS):
-        return {"status": "skipped", "reason": f"{stage}: out of memory ({str(cause).splitlines()[0]})"}
-    if isinstance(cause, MethodUnavailable):
-        return {"status": "unavailable", "reason": str(cause)}
-    tail = traceback.format_exception(type(cause), cause, cause.__traceback__)[-3:]
-    return {"status": "failed", "reason": f"{stage}: {type(cause).__name__}: {cause}",
-            "extra": {"traceback": "".join(tail)}}
+# Runs the [e2e] table of a suite: (section, results file, device) -> rows; harness.apps.e2e gives one.
+E2ERunner = Callable[[dict, ResultsFile, torch.device], list]
 
 
-def release_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def base_row(case: CaseSpec) -> dict:
-    method = case.method
-    return {"kind": "kernel", "case": case.case_id, "method": method.name, "label": method.label,
-            "family": method.family, "dense_reference": method.dense_reference, "params": dict(method.params),
-            "spec": dict(case.spec), "group": case.group, "backend": None, "problem": case.problem.to_dict(),
-            "status": "ok", "reason": None}
+def time_group(calls: dict[str, Callable[[], object]], policy: timing.TimingPolicy, device: torch.device,
+               progress: timing.ProgressFn | None = None) -> tuple[timing.TimingResult | None, dict[str, Exception]]:
+    """Time the calls of one problem group interleaved: the one place the runner times. A call that raises is
+    dropped and the others are timed again; returns the result for the survivors (None if none) and
+    ``{name: error}`` of the dropped."""
+    failures: dict[str, Exception] = {}
+    pending = dict(calls)
+    while pending:
+        try:
+            return timing.time_interleaved(pending, policy, device, progress), failures
+        except timing.TimedFnError as exc:
+            failures[exc.name] = exc
+            del pending[exc.name]
+            release_memory(device)
+    return None, failures
 
 
 @dataclass
 class ReadyCase:
-    """A case that prepared, ran once and was checked: what the timing and the metrics need."""
+    """A case that prepared, ran once and was checked (correct or not): what the timing and metrics need."""
 
     case: CaseSpec
-    prepared: PreparedAttention
+    state: CaseState
     row: dict
+
+    @property
+    def prepared(self) -> PreparedAttention:
+        return self.state.prepared
 
 
 class _Measures:
@@ -123,8 +112,9 @@ class _Measures:
 class SuiteRun:
     """One run of a suite into one results directory."""
 
-    def __init__(self, suite: Suite, out_dir: Path, device: torch.device, run_id: str, progress: bool = True):
-        self.suite, self.out_dir, self.device = suite, out_dir, device
+    def __init__(self, suite: Suite, out_dir: Path, device: torch.device, run_id: str, progress: bool = True,
+                 e2e: E2ERunner | None = None):
+        self.suite, self.out_dir, self.device, self.e2e = suite, out_dir, device, e2e
         self.measures = _Measures(suite, device)
         self.policy = timing.TimingPolicy(**suite.timing)
         self.permute_policy = timing.TimingPolicy(**PERMUTE_TIMING, l2_flush=self.policy.l2_flush)
@@ -175,15 +165,17 @@ class SuiteRun:
     def _run_problem(self, cases: list[CaseSpec]) -> None:
         problem = cases[0].problem
         ready: list[ReadyCase] = []
+        skipped = memory.skipped_fields(memory.inputs_estimate(problem), self.device)  # before allocating
         try:
-            inputs = problem.random_qkv(self.device, seed=0)  # shared by every method's timing
+            inputs = None if skipped else problem.random_qkv(self.device, seed=0)  # shared by every method's timing
         except OOM_ERRORS as exc:
-            inputs, reason = None, f"inputs: out of memory ({str(exc).splitlines()[0]})"
+            skipped = {"status": "skipped", "reason": f"inputs: out of memory ({str(exc).splitlines()[0]})"}
+            inputs = None
         for case in cases:
             self.progress.step(f"prepare {case.case_id}")
-            row = base_row(case)
+            row = case_row(case)
             if inputs is None:
-                row.update(status="skipped", reason=reason)
+                row.update(skipped)
             else:
                 ready_case = self._prepare(case, row, inputs)
                 if ready_case is not None:
@@ -193,9 +185,9 @@ class SuiteRun:
             else:
                 self.progress.advance(STAGE_WEIGHTS["prepare"], note="ready")
         if ready and "timing" in self.suite.metrics:
-            self._time(ready, inputs)
+            self._time(ready)
         for item in ready:
-            self._per_case_metrics(item, inputs)
+            self._per_case_metrics(item)
             self._finish(item.row, 0)
         rows = [row for row in self.results.cases if row.get("kind") == "kernel"
                 and derived.problem_key(row) == derived.problem_key({"problem": problem.to_dict()})]
@@ -214,42 +206,28 @@ class SuiteRun:
     # ---- stages of one case --------------------------------------------------------------------------
 
     def _prepare(self, case: CaseSpec, row: dict, inputs) -> ReadyCase | None:
-        """Prepare, first call, correctness, permutation cost, locality; fills ``row``; None if it cannot run."""
-        avail = case.method.availability(self.device)
-        if not avail:
-            row.update(status="unavailable", reason=avail.reason)
+        """The case's lifecycle up to ready (`harness.core.lifecycle`), then the permutation cost and
+        locality; fills ``row``; None if it cannot run."""
+        estimate = memory.case_estimate(case.problem, case.method, self.suite.correctness, self.device)
+        too_big = memory.skipped_fields(estimate, self.device)
+        if too_big and case.method.availability(self.device):  # skipped with the estimate, not killed by OOM
+            row.update(too_big)
             return None
-        stage = "prepare"
-        try:
-            with torch.no_grad():
-                timing.synchronize(self.device)
-                start = time.perf_counter()
-                prepared = case.method.prepare(case.problem, self.device)
-                timing.synchronize(self.device)
-                layout_ms = (time.perf_counter() - start) * 1e3
-                row.update(backend=prepared.backend, **derived.static_metrics(prepared))
-                row["extra"] = dict(prepared.extra)
-                stage = "first call"
-                first_ms = timing.time_once_ms(lambda: prepared.run(*inputs), self.device)
-                # "layout" is the method's own layout time when it reports one, else the whole prepare
-                row["setup_ms"] = {"layout": layout_ms, **prepared.setup_ms, "prepare": layout_ms,
-                                   "first_call": first_ms}
-                stage = "correctness"
-                row["correctness"] = check_correctness(prepared, self.suite.correctness, self.device)
-                if prepared.image_order is not None:
-                    stage = "permutation"
-                    row["setup_ms"]["permute"] = self._permute_ms_of(prepared)
-        except Exception as exc:
-            row.update(error_row_fields(exc, stage))
-            release_memory(self.device)
+        state = make_ready(case.method, case.problem, self.device, self.suite.correctness, inputs)
+        row.update(state.fields)
+        if not state.checked:
             return None
-        if not row["correctness"]["passed"]:
-            check = row["correctness"]
-            row.update(status="incorrect", reason=f"relative error {check['rel_err']:.3g} > tolerance "
-                                                  f"{check['tol']:.3g} on {check['rows_checked']} rows")
+        prepared = state.prepared
+        if prepared.image_order is not None:
+            try:
+                row["setup_ms"]["permute"] = self._permute_ms_of(prepared)
+            except Exception as exc:
+                row.update(error_fields(exc, "permutation"))
+                release_memory(self.device)
+                return None
         if "locality" in self.suite.metrics:
             row["locality"] = self._locality(prepared)
-        return ReadyCase(case, prepared, row)
+        return ReadyCase(case, state, row)
 
     def _permute_ms_of(self, prepared: PreparedAttention) -> float:
         """Median time of gathering [B, L, heads*head_dim] hidden states into the method's order (once per
@@ -274,31 +252,26 @@ class SuiteRun:
         except Exception as exc:
             return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
 
-    def _time(self, ready: list[ReadyCase], inputs) -> None:
-        """Time all ready cases interleaved; a case that raises is marked and the rest timed again."""
-        pending = {item.case.case_id: item for item in ready}
+    def _time(self, ready: list[ReadyCase]) -> None:
+        """Time all ready cases of one problem together (`time_group`); a case that raises is marked."""
+        self.progress.step(f"timing {len(ready)} cases of {ready[0].case.problem.resolution}")
         sampler_class, reason = optional("harness.measure.power", "PowerSampler")
-        while pending:
-            fns = {cid: (lambda p=item.prepared: p.run(*inputs)) for cid, item in pending.items()}
-            self.progress.step(f"timing {len(fns)} cases of {ready[0].case.problem.resolution}")
-            sampler = sampler_class(self.device) if sampler_class else None  # clocks while samples are taken
-            try:
-                with torch.no_grad(), sampler or contextlib.nullcontext():
-                    result = timing.time_interleaved(fns, self.policy, self.device, self._timing_progress)
-            except timing.TimedFnError as exc:
-                item = pending.pop(exc.name)
-                item.row.update(error_row_fields(exc, "timing"))
+        sampler = sampler_class(self.device) if sampler_class else None  # clocks while samples are taken
+        calls = {item.case.case_id: item.state.call for item in ready}
+        with torch.no_grad(), sampler or contextlib.nullcontext():
+            result, failures = time_group(calls, self.policy, self.device, self._timing_progress)
+        during = sampler.summary() if sampler else unavailable(reason)
+        for item in list(ready):
+            cid = item.case.case_id
+            if cid in failures:
+                item.row.update(error_fields(failures[cid], "timing"))
                 ready.remove(item)
                 self._finish(item.row, self._weight(item.case) - STAGE_WEIGHTS["prepare"])
-                release_memory(self.device)
                 continue
-            during = sampler.summary() if sampler else unavailable(reason)
-            for cid, item in pending.items():
-                item.row.update(samples_ms=result[cid], **stats.summarize(result[cid]))
-                item.row["extra"]["timing"] = result.details[cid]
-                item.row["clocks"] = {"during_timing": during}
-            self.progress.advance(STAGE_WEIGHTS["timing"] * len(pending), note="timed")
-            return
+            item.row.update(samples_ms=result[cid], **stats.summarize(result[cid]))
+            item.row["extra"]["timing"] = result.details[cid]
+            item.row["clocks"] = {"during_timing": during}
+        self.progress.advance(STAGE_WEIGHTS["timing"] * len(ready), note="timed")
 
     def _timing_progress(self, name: str, round_index: int, n_samples: int) -> None:
         self.progress.step(f"timing round {round_index + 1}/{self.policy.rounds} {name} ({n_samples} samples)")
@@ -311,7 +284,7 @@ class SuiteRun:
 
     PER_CASE_METRICS: ClassVar[dict] = {"power": _power, "traffic": _traffic}
 
-    def _per_case_metrics(self, item: ReadyCase, inputs) -> None:
+    def _per_case_metrics(self, item: ReadyCase) -> None:
         """Power and traffic where the suite's scope covers the case, then a clock snapshot."""
         row, case = item.row, item.case
         for metric, measure in self.PER_CASE_METRICS.items():
@@ -323,7 +296,7 @@ class SuiteRun:
             else:
                 try:
                     with torch.no_grad():
-                        row[metric] = measure(self, item, lambda: item.prepared.run(*inputs))
+                        row[metric] = measure(self, item, item.state.call)
                 except Exception as exc:  # the case keeps its timing; only this metric failed
                     row[metric] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
                     release_memory(self.device)
@@ -334,31 +307,28 @@ class SuiteRun:
 
     def _run_e2e(self) -> None:
         self.progress.message("end-to-end Flux cases")
-        run_cases, reason = optional("harness.apps.e2e", "run_e2e_cases")
-        if run_cases is None:
-            self.results.add_case({"kind": "e2e", "case": "e2e", "status": "unavailable", "reason": reason})
+        if self.e2e is None:
+            reason = "no end-to-end runner was given to this run (python -m harness run gives harness.apps.e2e's)"
+            self.results.add_case(Row(kind="e2e", case="e2e", status="unavailable", reason=reason).to_dict())
             return
         try:
-            run_cases(dict(self.suite.e2e), self.results, self.device)
+            self.e2e(dict(self.suite.e2e), self.results, self.device)
         except Exception as exc:
-            fields = error_row_fields(exc, "e2e")
-            self.results.add_case({"kind": "e2e", "case": "e2e/error", **fields})
+            self.results.add_case(Row(kind="e2e", case="e2e/error", **error_fields(exc, "e2e")).to_dict())
 
 
 def run_suite(suite: Suite, out_dir: str | Path | None = None, methods: list[str] | None = None,
-              device: torch.device | str | None = None, progress: bool = True) -> Path:
+              device: torch.device | str | None = None, progress: bool = True, e2e: E2ERunner | None = None) -> Path:
     """Run ``suite`` (restricted to ``methods`` if given) and return its results directory:
-    ``out_dir`` if given, else ``results/<run-id>``. Refuses a directory that already holds a run."""
+    ``out_dir`` if given, else ``results/<run-id>``. Refuses a directory that already holds a run.
+    ``e2e`` runs the suite's [e2e] table (the caller passes harness.apps.e2e's runner)."""
     if methods is not None:
         suite = suite.select(methods=methods)
     device = torch.device(device) if device is not None else default_device()
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} was asked for, but torch sees no CUDA device here")
-    run_id = make_run_id(suite.name)
-    out_dir = Path(out_dir) if out_dir is not None else RESULTS_ROOT / run_id
-    if (out_dir / RESULTS_NAME).exists():
-        raise FileExistsError(f"{out_dir} already holds a run ({RESULTS_NAME}); choose another --out")
-    return SuiteRun(suite, out_dir, device, run_id, progress=progress).run()
+    out_dir, run_id = claim_run_dir(out_dir, suite.name, RESULTS_ROOT)  # before any case runs: exclusive
+    return SuiteRun(suite, out_dir, device, run_id, progress=progress, e2e=e2e).run()
 
 
 def console_table(results: dict) -> str:
@@ -397,4 +367,7 @@ def exit_status(results: dict) -> int:
 def print_summary(results: dict, out_dir: Path, stream=None) -> None:
     stream = stream or sys.stdout
     print(console_table(results), file=stream)
+    if results.get("complete") is False:
+        print(f"\nINCOMPLETE: the run stopped before its end (complete: false); {len(results['cases'])} cases "
+              "recorded, the rest never ran", file=stream)
     print(f"\nresults: {out_dir / RESULTS_NAME}", file=stream)

@@ -21,7 +21,7 @@ time; a mistake raises `SuiteError` naming it and its line in the file::
     [traffic]       # layers / methods to profile with ncu (one subprocess per case)
     [locality]      # radii, sample (baselines.locality)
     [density_sweep] # methods with list-valued parameters, expanded into every combination
-    [e2e]           # passed as is to harness.apps.e2e
+    [e2e]           # harness.apps.e2e's settings (checked by the check `load_suite` is given)
     [gate]          # threshold_pct and per-case overrides (glob -> percent)
 
 A method entry is a registry spec (`baselines.registry.resolve`) plus the harness-only key ``layers``.
@@ -29,32 +29,37 @@ A method entry is a registry spec (`baselines.registry.resolve`) plus the harnes
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
-import math
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
-from baselines.base import Method
-from baselines.problem import DTYPES, Problem
-from harness.measure.timing import TimingPolicy
+from baselines import registry
+from baselines.problem import DTYPES
+from baselines.validate import Invalid, boolean, choice, integer, list_of, number, table
+from baselines.validate import text as string
 from harness import PROJECT_ROOT
+from harness.core.cases import (  # noqa: F401  (re-exported: the suite API is one import)
+    LAYERED_CATEGORIES,
+    CaseSpec,
+    GateThresholds,
+    MethodEntry,
+    MetricScope,
+    Suite,
+    parse_resolution,
+)
+from harness.measure.correctness import DEFAULT_TOLERANCES, CorrectnessPolicy
+from harness.measure.timing import TimingPolicy
 
 SUITES_DIR = PROJECT_ROOT / "suites"
 METRICS = ("timing", "power", "traffic", "e2e", "locality")
-# Method categories whose mask slides with the layer index: only they run once per phase in `layers`.
-LAYERED_CATEGORIES = frozenset({"hilberta", "control"})
 # Keys of a method entry that the harness consumes; everything else goes to the registry.
 HARNESS_METHOD_KEYS = ("layers",)
-DEFAULT_TOLERANCES = MappingProxyType({"bfloat16": 1e-2, "float16": 5e-3, "float32": 1e-4})
-# `--quick`: budgets for a look, not for numbers worth quoting.
-QUICK_TIMING = MappingProxyType({"warmup_ms": 5.0, "min_samples": 3, "max_samples": 10, "budget_ms": 30.0,
-                                 "rounds": 1})
-QUICK_POWER_WINDOW_S = 0.25
+# A table the harness passes on to an application (``[e2e]``): name -> check raising ValueError. The caller
+# that can run the application gives its check to `load_suite`; without one the table is kept unchecked.
+SectionCheck = Callable[[Mapping], object]
 
 
 class SuiteError(ValueError):
@@ -64,184 +69,6 @@ class SuiteError(ValueError):
         where = f"{path}:{line}: " if path is not None and line is not None else f"{path}: " if path else ""
         super().__init__(where + message)
         self.path, self.line = path, line
-
-
-# ---- parsed pieces ---------------------------------------------------------------------------------------
-
-def method_matches(name: str, method: Method, spec: Mapping) -> bool:
-    """``name`` is the method's full name or its family (``hilberta`` matches hilberta_t4 and hilberta_t16)."""
-    return name in (method.name, spec["method"])
-
-
-@dataclass(frozen=True)
-class MethodEntry:
-    """One method of a suite: the registry spec, the resolved method and the phases to run it at."""
-
-    spec: Mapping  # {"method": family, **params}, as resolve() accepts it
-    method: Method
-    layers: tuple[int, ...] | None = None  # None: the suite's layers if the method is layer-dependent
-    group: str = "main"  # "main" | "density_sweep" | "matched_density"
-
-    def matches(self, name: str) -> bool:
-        return method_matches(name, self.method, self.spec)
-
-
-@dataclass(frozen=True)
-class CaseSpec:
-    """One case of the plan: a method on a problem at one sliding phase (``problem.layer``)."""
-
-    problem: Problem
-    method: Method
-    spec: Mapping
-    group: str = "main"
-
-    @property
-    def case_id(self) -> str:
-        return f"{self.problem.resolution}/{self.method.name}/layer{self.problem.layer}"
-
-    def to_dict(self) -> dict:
-        """JSON-able description, enough for a subprocess to rebuild the case (harness.measure.traffic)."""
-        return {"case": self.case_id, "method": dict(self.spec), "method_name": self.method.name,
-                "problem": self.problem.to_dict(), "group": self.group}
-
-
-@dataclass(frozen=True)
-class CorrectnessPolicy:
-    tolerances: Mapping[str, float] = field(default_factory=lambda: DEFAULT_TOLERANCES)  # rel. error, per dtype
-    rows: int = 512  # query rows checked when L is larger than all_rows_max_len
-    all_rows_max_len: int = 4096  # check every row up to this sequence length
-
-    def tolerance(self, dtype: str) -> float:
-        return self.tolerances[dtype]
-
-
-@dataclass(frozen=True)
-class MetricScope:
-    """Which cases an expensive per-case metric (power, traffic) covers: empty means all."""
-
-    layers: tuple[int, ...] = ()
-    methods: tuple[str, ...] = ()
-
-    def covers(self, case: CaseSpec) -> bool:
-        if self.layers and case.problem.layer not in self.layers:
-            return False
-        return not self.methods or any(method_matches(name, case.method, case.spec) for name in self.methods)
-
-
-@dataclass(frozen=True)
-class GateThresholds:
-    threshold_pct: float = 5.0
-    overrides: Mapping[str, float] = field(default_factory=dict)  # case-id glob -> percent
-
-    def threshold_for(self, case_id: str) -> float:
-        """The first override whose glob matches the case, else the suite threshold."""
-        for pattern, pct in self.overrides.items():
-            if fnmatch.fnmatchcase(case_id, pattern):
-                return pct
-        return self.threshold_pct
-
-    def to_dict(self) -> dict:
-        return {"threshold_pct": self.threshold_pct, "overrides": dict(self.overrides)}
-
-
-@dataclass(frozen=True)
-class Suite:
-    name: str
-    path: Path
-    description: str
-    resolutions: tuple[str, ...]
-    shape: Mapping  # text_tokens, batch, heads, head_dim, dtype: the Problem fields besides the grid
-    layers: tuple[int, ...]
-    methods: tuple[MethodEntry, ...]
-    matched_density: tuple[int, ...]
-    metrics: frozenset[str]
-    timing: Mapping  # TimingPolicy keyword arguments
-    correctness: CorrectnessPolicy
-    power_window_s: float
-    power: MetricScope
-    traffic: MetricScope
-    locality: Mapping  # keyword arguments of baselines.locality.locality
-    e2e: Mapping | None
-    gate: GateThresholds
-
-    def problems(self) -> list[Problem]:
-        """One problem per resolution, at layer 0."""
-        return [parse_resolution(res, **self.shape) for res in self.resolutions]
-
-    def entry_layers(self, entry: MethodEntry) -> tuple[int, ...]:
-        if entry.layers is not None:
-            return entry.layers
-        return self.layers if entry.method.family in LAYERED_CATEGORIES else (0,)
-
-    def entries_for(self, problem: Problem) -> list[MethodEntry]:
-        """The suite's methods, plus the sparse peers at HilbertA's density on this problem, if asked."""
-        entries = list(self.methods)
-        if self.matched_density:
-            from baselines import registry
-
-            for tiles in self.matched_density:
-                entries += [MethodEntry(MappingProxyType(dict(spec)), registry.resolve(spec), (0,), "matched_density")
-                            for spec in registry.matched_density(problem, tiles)]
-        return entries
-
-    def cases(self) -> list[CaseSpec]:
-        """problems x methods x phases, grouped by problem; a method reached twice is measured once."""
-        cases, seen = [], set()
-        for problem in self.problems():
-            for entry in self.entries_for(problem):
-                for layer in self.entry_layers(entry):
-                    case = CaseSpec(replace(problem, layer=layer), entry.method, entry.spec, entry.group)
-                    if case.case_id not in seen:
-                        seen.add(case.case_id)
-                        cases.append(case)
-        return cases
-
-    def select(self, methods: Iterable[str] | None = None, resolutions: Iterable[str] | None = None,
-               quick: bool = False) -> Suite:
-        """This suite restricted to some methods (names or families; new names are added) or resolutions,
-        or with `--quick` budgets. Bad names raise ValueError."""
-        suite = self
-        if methods is not None:
-            suite = replace(suite, methods=tuple(_select_methods(suite.methods, list(methods))),
-                            matched_density=())
-        if resolutions is not None:
-            resolutions = tuple(resolutions)
-            for res in resolutions:
-                parse_resolution(res, **self.shape)
-            suite = replace(suite, resolutions=resolutions)
-        if quick:
-            suite = replace(suite, timing={**suite.timing, **QUICK_TIMING},
-                            power_window_s=min(suite.power_window_s, QUICK_POWER_WINDOW_S))
-        return suite
-
-    def describe(self) -> dict:
-        """What the results file records about the suite."""
-        return {"name": self.name, "path": str(self.path), "description": self.description,
-                "metrics": sorted(self.metrics), "timing": dict(self.timing),
-                "correctness": {"tolerances": dict(self.correctness.tolerances), "rows": self.correctness.rows,
-                                "all_rows_max_len": self.correctness.all_rows_max_len},
-                "gate": self.gate.to_dict()}
-
-
-def _select_methods(entries: tuple[MethodEntry, ...], names: list[str]) -> list[MethodEntry]:
-    from baselines import registry
-
-    chosen = []
-    for name in names:
-        matching = [entry for entry in entries if entry.matches(name)]
-        if not matching:  # not in the suite: run the registry's method of that name
-            method = registry.resolve(name)
-            matching = [MethodEntry(MappingProxyType(registry.spec_of(method)), method)]
-        chosen += [entry for entry in matching if entry not in chosen]
-    return chosen
-
-
-def parse_resolution(text: str, **shape) -> Problem:
-    """``"1536x1024"`` (pixels, width x height) -> Problem with a 64 x 96 token grid."""
-    match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", text) if isinstance(text, str) else None
-    if not match:
-        raise ValueError(f"resolution {text!r} is not 'WIDTHxHEIGHT' in pixels, e.g. '1536x1024'")
-    return Problem.from_pixels(int(match.group(1)), int(match.group(2)), **shape)
 
 
 # ---- finding where a key or value sits in the TOML text ---------------------------------------------------
@@ -302,82 +129,13 @@ class _Locator:
         return start + 1
 
 
-# ---- validation ---------------------------------------------------------------------------------------
-
-class _Bad(Exception):
-    """A bad value; ``needles`` are values whose text locates it more precisely than its key."""
-
-    def __init__(self, message: str, *needles):
-        super().__init__(message)
-        self.needles = needles
-
-
-Check = Callable[[object], object]
-
-
-def _integer(minimum: int) -> Check:
-    def check(value):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise _Bad(f"expected an integer >= {minimum}, got {value!r}")
-        return value
-    return check
-
-
-def _number(minimum: float, strict: bool = False) -> Check:
-    def check(value):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not ok or value < minimum or (strict and value == minimum):
-            raise _Bad(f"expected a number {'>' if strict else '>='} {minimum}, got {value!r}")
-        return float(value)
-    return check
-
-
-def _boolean(value):
-    if not isinstance(value, bool):
-        raise _Bad(f"expected true or false, got {value!r}")
-    return value
-
-
-def _text(value):
-    if not isinstance(value, str):
-        raise _Bad(f"expected a string, got {value!r}")
-    return value
-
-
-def _choice(choices: Iterable[str]) -> Check:
-    choices = tuple(choices)
-
-    def check(value):
-        if value not in choices:
-            raise _Bad(f"{value!r} is not one of {', '.join(choices)}", value)
-        return value
-    return check
-
-
-def _list(item: Check, non_empty: bool = False, unique: bool = False) -> Check:
-    def check(value):
-        if not isinstance(value, list):
-            raise _Bad(f"expected a list, got {value!r}")
-        if non_empty and not value:
-            raise _Bad("expected a non-empty list")
-        items = tuple(item(v) for v in value)
-        if unique and len(set(items)) != len(items):
-            raise _Bad(f"duplicate entries in {value!r}")
-        return items
-    return check
-
+# ---- validation (checks from the one validator kit, baselines.validate) -------------------------------------
 
 def _resolution(value):
     try:
-        parse_resolution(_text(value))
+        parse_resolution(string(value))
     except ValueError as exc:
-        raise _Bad(f"{value!r}: {exc}", value) from None
-    return value
-
-
-def _opaque_table(value):
-    if not isinstance(value, dict):
-        raise _Bad(f"expected a table, got {value!r}")
+        raise Invalid(f"{value!r}: {exc}", value) from None
     return value
 
 
@@ -388,34 +146,34 @@ class _Table:
         self.fields = fields
 
 
-TIMING = _Table(warmup_ms=_number(0), min_samples=_integer(1), max_samples=_integer(1),
-                budget_ms=_number(0, strict=True), rounds=_integer(1), l2_flush=_boolean, cuda_graph=_boolean)
-CORRECTNESS = _Table(tolerances=_Table(**{dtype: _number(0, strict=True) for dtype in DTYPES}),
-                     rows=_integer(2), all_rows_max_len=_integer(1))
-SCOPE = {"layers": _list(_integer(0), unique=True), "methods": _list(_text, unique=True)}
+TIMING = _Table(warmup_ms=number(0), min_samples=integer(1), max_samples=integer(1),
+                budget_ms=number(0, strict=True), rounds=integer(1), l2_flush=boolean, cuda_graph=boolean)
+CORRECTNESS = _Table(tolerances=_Table(**{dtype: number(0, strict=True) for dtype in DTYPES}),
+                     rows=integer(2), all_rows_max_len=integer(1))
+SCOPE = {"layers": list_of(integer(0), unique=True), "methods": list_of(string, unique=True)}
 SCHEMA = _Table(
-    description=_text,
-    resolutions=_list(_resolution, unique=True),
-    text_tokens=_integer(0), batch=_integer(1), heads=_integer(1), head_dim=_integer(1),
-    dtype=_choice(DTYPES),
-    layers=_list(_integer(0), non_empty=True, unique=True),
-    methods=_list(lambda v: v),  # checked against the registry below, entry by entry
-    matched_density=_list(_integer(1), unique=True),
-    metrics=_list(_choice(METRICS), unique=True),
+    description=string,
+    resolutions=list_of(_resolution, unique=True),
+    text_tokens=integer(0), batch=integer(1), heads=integer(1), head_dim=integer(1),
+    dtype=choice(DTYPES),
+    layers=list_of(integer(0), non_empty=True, unique=True),
+    methods=list_of(lambda v: v),  # checked against the registry below, entry by entry
+    matched_density=list_of(integer(1), unique=True),
+    metrics=list_of(choice(METRICS), unique=True),
     timing=TIMING,
     correctness=CORRECTNESS,
-    power=_Table(min_window_s=_number(0, strict=True), **SCOPE),
+    power=_Table(min_window_s=number(0, strict=True), **SCOPE),
     traffic=_Table(**SCOPE),
-    locality=_Table(radii=_list(_integer(1), non_empty=True), sample=_integer(1)),
-    density_sweep=_Table(methods=_list(_opaque_table, non_empty=True), layers=SCOPE["layers"]),
-    e2e=_opaque_table,
-    gate=_Table(threshold_pct=_number(0, strict=True), overrides=_opaque_table),
+    locality=_Table(radii=list_of(integer(1), non_empty=True), sample=integer(1)),
+    density_sweep=_Table(methods=list_of(table, non_empty=True), layers=SCOPE["layers"]),
+    e2e=table,
+    gate=_Table(threshold_pct=number(0, strict=True), overrides=table),
 )
 
 
 class _Loader:
-    def __init__(self, path: Path, text: str):
-        self.path, self.locator = path, _Locator(text)
+    def __init__(self, path: Path, text: str, sections: Mapping[str, SectionCheck]):
+        self.path, self.locator, self.sections = path, _Locator(text), sections
 
     def error(self, section: tuple[str, ...], message: str, *candidates: list[re.Pattern]) -> SuiteError:
         """SuiteError at the first line matching a candidate inside table ``section``."""
@@ -437,15 +195,13 @@ class _Loader:
                 continue
             try:
                 out[key] = check(value)
-            except _Bad as bad:
+            except Invalid as bad:
                 values = [_value_pattern(n) for n in bad.needles]
                 raise self.error(section, f"{'.'.join(where)}: {bad}",
                                  [_key_pattern(key), *values], values, [_key_pattern(key)]) from None
         return out
 
     def method_entry(self, raw, section: tuple[str, ...], group: str) -> MethodEntry:
-        from baselines import registry
-
         if isinstance(raw, str):
             spec, layers = {"method": raw}, None
         elif isinstance(raw, dict) and isinstance(raw.get("method"), str):
@@ -453,8 +209,8 @@ class _Loader:
             layers = raw.get("layers")
             if layers is not None:
                 try:
-                    layers = _list(_integer(0), non_empty=True, unique=True)(layers)
-                except _Bad as bad:
+                    layers = list_of(integer(0), non_empty=True, unique=True)(layers)
+                except Invalid as bad:
                     raise self.error(section, f"layers of method {raw['method']!r}: {bad}",
                                      [_value_pattern(raw["method"]), _key_pattern("layers")],
                                      [_key_pattern(section[-1])]) from None
@@ -479,20 +235,16 @@ class _Loader:
                                   section, "density_sweep")
                 for combo in itertools.product(*grids)]
 
-    def check_e2e(self, section: dict) -> None:
-        """The [e2e] table is harness.apps.e2e's to define; its own validation, with our line numbers."""
+    def check_section(self, name: str, section: dict, check: SectionCheck) -> None:
+        """A table an application defines (``[e2e]``): its own check, with our line numbers."""
         try:
-            from harness.apps.e2e import E2ESettings
-        except ImportError:  # the runner reports e2e as unavailable
-            return
-        try:
-            E2ESettings.from_section(section)
+            check(section)
         except ValueError as exc:
             message = str(exc)
             named = [key for key in section if re.search(rf"\b{re.escape(key)}\b", message)]
             named.sort(key=lambda key: f"'{key}'" not in message)  # a quoted name is the culprit
-            raise self.error(("e2e",), message, *([_key_pattern(key)] for key in named),
-                             [_key_pattern("e2e")]) from None
+            raise self.error((name,), message, *([_key_pattern(key)] for key in named),
+                             [_key_pattern(name)]) from None
 
     def suite(self, data: dict) -> Suite:
         values = self.table(SCHEMA, data)
@@ -517,8 +269,8 @@ class _Loader:
         overrides = {}
         for pattern, pct in gate.get("overrides", {}).items():
             try:
-                overrides[pattern] = _number(0, strict=True)(pct)
-            except _Bad as bad:
+                overrides[pattern] = number(0, strict=True)(pct)
+            except Invalid as bad:
                 raise self.error(("gate", "overrides"), f"gate.overrides[{pattern!r}]: {bad}",
                                  [_key_pattern(pattern)], [_value_pattern(pattern)]) from None
         try:  # the timing policy's own consistency rules (min_samples <= max_samples, ...)
@@ -526,8 +278,9 @@ class _Loader:
         except ValueError as exc:
             raise self.error(("timing",), f"timing: {exc}", [_key_pattern("timing")]) from None
         power = values.get("power", {})
-        if "e2e" in values:
-            self.check_e2e(values["e2e"])
+        for name, check in self.sections.items():
+            if name in values:
+                self.check_section(name, values[name], check)
         metrics = frozenset(values.get("metrics", ("timing",)))
         if "e2e" in metrics and "e2e" not in values:
             raise self.error((), "metric 'e2e' needs an [e2e] table", [_key_pattern("metrics")])
@@ -564,7 +317,8 @@ def available_suites() -> list[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
 
 
-def load_suite(name_or_path: str | Path) -> Suite:
+def load_suite(name_or_path: str | Path, sections: Mapping[str, SectionCheck] | None = None) -> Suite:
+    """The suite, validated; ``sections`` checks the tables that applications define (``{"e2e": ...}``)."""
     path = suite_path(name_or_path)
     text = path.read_text()
     try:
@@ -572,4 +326,4 @@ def load_suite(name_or_path: str | Path) -> Suite:
     except tomllib.TOMLDecodeError as exc:
         line = re.search(r"at line (\d+)", str(exc))
         raise SuiteError(f"not valid TOML: {exc}", path, int(line.group(1)) if line else None) from None
-    return _Loader(path, text).suite(data)
+    return _Loader(path, text, sections or {}).suite(data)

@@ -10,24 +10,46 @@ shared rows (text, and HilbertA's centre) when they are few enough.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 
 from baselines.base import PreparedAttention
-from harness.core.suite import CorrectnessPolicy
+from kernels.reference import reference_attention, relative_error
+
+DEFAULT_TOLERANCES = MappingProxyType({"bfloat16": 1e-2, "float16": 5e-3, "float32": 1e-4})
+
+
+@dataclass(frozen=True)
+class CorrectnessPolicy:
+    """How a check is made: relative-error tolerance per dtype, and which query rows are compared."""
+
+    tolerances: Mapping[str, float] = field(default_factory=lambda: DEFAULT_TOLERANCES)
+    rows: int = 512  # query rows checked when L is larger than all_rows_max_len
+    all_rows_max_len: int = 4096  # check every row up to this sequence length
+
+    def tolerance(self, dtype: str) -> float:
+        return self.tolerances[dtype]
+
+    def to_dict(self) -> dict:
+        return {"tolerances": dict(self.tolerances), "rows": self.rows, "all_rows_max_len": self.all_rows_max_len}
 
 
 def rows_to_check(prepared: PreparedAttention, policy: CorrectnessPolicy, generator: torch.Generator) -> torch.Tensor:
-    """Sorted int64 query rows: all of them up to ``policy.all_rows_max_len``, else ``policy.rows`` of them."""
-    length = prepared.problem.seq_len
+    """Sorted int64 query rows: all of them up to ``policy.all_rows_max_len``, else ``policy.rows`` of them.
+    A method that computes only some rows (the kernel's anatomy) names them: ``extra["row_range"]``."""
+    start, stop = prepared.extra.get("row_range", (0, prepared.problem.seq_len))
+    length = stop - start
     if length <= policy.all_rows_max_len or length <= policy.rows:
-        return torch.arange(length)
+        return torch.arange(start, stop)
     shared = int(prepared.extra.get("shared_tokens", prepared.problem.text_tokens))
-    always = {0, length - 1}
+    always = {start, stop - 1}
     if shared <= policy.rows // 2:  # cheap enough: every shared row, random rows for the rest
-        always.update(range(shared))
+        always.update(range(start, min(shared, stop)))
     fixed = torch.tensor(sorted(always), dtype=torch.int64)
-    draw = torch.randperm(length, generator=generator)[: policy.rows + fixed.numel()]
+    draw = start + torch.randperm(length, generator=generator)[: policy.rows + fixed.numel()]
     sample = draw[~torch.isin(draw, fixed)][: policy.rows - fixed.numel()]
     return torch.cat([fixed, sample]).unique(sorted=True)
 
@@ -42,8 +64,6 @@ def check(prepared: PreparedAttention, q: torch.Tensor, k: torch.Tensor, v: torc
           policy: CorrectnessPolicy | None = None, generator: torch.Generator | None = None) -> dict:
     """The ``correctness`` dict of a results row for these inputs: rel_err, max_abs_err, tol, passed,
     rows_checked, reference. ``generator`` draws the sampled rows of a large problem."""
-    from kernels.reference import reference_attention, relative_error
-
     policy = policy or CorrectnessPolicy()
     problem = prepared.problem
     if generator is None:

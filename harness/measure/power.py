@@ -9,6 +9,11 @@ indices ignore ``CUDA_VISIBLE_DEVICES``). Nothing here changes clocks, power lim
   clock-event reasons every ~20 ms while a block of work runs.
 - `measure_energy`: joules per call from the driver's energy counter over a window of >= 1 s of back to
   back calls (the counter and the power reading update only every ~20-100 ms, so short windows lie).
+- `case_conditions`: the conditions each case ran under when cases are timed interleaved: every sampler
+  reading is given to the case whose call was running on the GPU at that instant (its time windows from
+  `harness.measure.timing.TimingResult.windows`), and summarized per case. Readings taken between calls
+  (an L2 flush, a launch gap) belong to no case. NVML's instant power is itself averaged over tens of
+  ms, so with calls of a few ms a case's power is mostly that of the mix; its SM clock is its own.
 - `snapshot`: one reading of limits, clocks, temperature and reasons (per case and in the environment).
 """
 
@@ -22,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from baselines.base import Availability
@@ -109,7 +115,7 @@ class PowerSample(NamedTuple):
     reasons_mask: int | None
 
 
-class _Reader:
+class NvmlReader:
     """NVML readings of one device; every reading that fails gives None (and counts as an error)."""
 
     def __init__(self, device: torch.device | str):
@@ -182,6 +188,10 @@ def _values(samples: list[PowerSample], field: str) -> list:
     return [v for v in (getattr(s, field) for s in samples) if v is not None]
 
 
+def _median(values: list) -> float | None:
+    return statistics.median(values) if values else None
+
+
 def summarize_samples(samples: list[PowerSample]) -> dict:
     """Mean/max power, min/median SM clock, median memory clock, max temperature, reasons seen."""
     power, sm, mem, temp = (_values(samples, f) for f in ("power_w", "sm_clock_mhz", "mem_clock_mhz", "temp_c"))
@@ -192,8 +202,8 @@ def summarize_samples(samples: list[PowerSample]) -> dict:
         "power_w_mean": statistics.fmean(power) if power else None,
         "power_w_max": max(power, default=None),
         "sm_clock_mhz_min": min(sm, default=None),
-        "sm_clock_mhz_median": statistics.median(sm) if sm else None,
-        "mem_clock_mhz_median": statistics.median(mem) if mem else None,
+        "sm_clock_mhz_median": _median(sm),
+        "mem_clock_mhz_median": _median(mem),
         "temp_c_max": max(temp, default=None),
         "throttle_reasons": reasons,
         "throttled": bool(CAPPING_REASONS.intersection(reasons)),
@@ -206,8 +216,40 @@ def mean_power_w(samples: list[PowerSample], start_s: float, end_s: float) -> fl
     return statistics.fmean(power) if power else None
 
 
+def _attribute(samples: list[PowerSample], windows: dict[str, list[tuple[float, float]]]) -> dict[str, list]:
+    """``{case: [readings taken inside one of its [start, end) windows]}`` (windows do not overlap)."""
+    spans = sorted((start, end, name) for name, spans in windows.items() for start, end in spans)
+    starts = [start for start, _, _ in spans]
+    owned: dict[str, list[PowerSample]] = {name: [] for name in windows}
+    for sample, i in zip(samples, np.searchsorted(starts, [s.t_s for s in samples], side="right") - 1):
+        if i >= 0 and sample.t_s < spans[i][1]:
+            owned[spans[i][2]].append(sample)
+    return owned
+
+
+def conditions(samples: list[PowerSample], window_s: float) -> dict:
+    """The per-case ``conditions`` of results.json from the readings taken during the case's calls
+    (``window_s``: the total time those calls ran); ``None`` where no reading of a kind was taken."""
+    power, sm, mem, temp = (_values(samples, f) for f in ("power_w", "sm_clock_mhz", "mem_clock_mhz", "temp_c"))
+    return {"sm_clock_mhz": {"median": _median(sm), "min": min(sm, default=None), "max": max(sm, default=None)},
+            "mem_clock_mhz": {"median": _median(mem)},
+            "power_w": {"median": _median(power), "max": max(power, default=None)},
+            "temperature_c": {"max": max(temp, default=None)},
+            "throttle_reasons": sorted({n for mask in _values(samples, "reasons_mask") for n in decode_reasons(mask)}),
+            "n_samples": len(samples), "window_s": window_s}
+
+
+def case_conditions(samples: list[PowerSample], windows: dict[str, list[tuple[float, float]]]) -> dict[str, dict]:
+    """``{case: conditions}``: each reading attributed to the case whose call ran at that instant
+    (``windows[case]``: its calls' ``[start, end)`` on the sampler's clock, ``time.perf_counter``)."""
+    owned = _attribute(samples, windows)
+    return {name: conditions(owned[name], sum(end - start for start, end in spans))
+            for name, spans in windows.items()}
+
+
 class PowerSampler:
-    """``with PowerSampler(device) as sampler: ...`` then ``sampler.summary()``.
+    """``with PowerSampler(device) as sampler: ...`` then ``sampler.summary()``, or
+    ``case_conditions(sampler.samples, ...)`` for interleaved cases.
 
     A daemon thread polls every ``interval_s`` (plus once at entry and once at exit). Without NVML the
     block still runs and `summary` says why nothing was sampled.
@@ -220,13 +262,13 @@ class PowerSampler:
         self.interval_s = interval_s
         self.samples: list[PowerSample] = []
         self.unavailable_reason: str | None = None
-        self._reader: _Reader | None = None
+        self._reader: NvmlReader | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> PowerSampler:
         try:
-            self._reader = _Reader(self.device)
+            self._reader = NvmlReader(self.device)
         except NvmlUnavailable as exc:
             self.unavailable_reason = str(exc)
             return self
@@ -258,7 +300,7 @@ def snapshot(device: torch.device | str) -> dict:
     """Enforced power limit, current power, clocks (and their maxima), temperature, P-state and
     clock-event reasons right now."""
     try:
-        reader = _Reader(device)
+        reader = NvmlReader(device)
     except NvmlUnavailable as exc:
         return unavailable(str(exc))
     nv = reader.nvml
@@ -290,7 +332,7 @@ def measure_energy(fn: Callable[[], object], device: torch.device | str, min_win
         raise ValueError(f"min_window_s must be positive, got {min_window_s}")
     device = torch.device(device)
     try:
-        reader = _Reader(device)
+        reader = NvmlReader(device)
     except NvmlUnavailable as exc:
         return unavailable(str(exc))
     # One timed call sizes the first batch; the loop tops up until the window is long enough.

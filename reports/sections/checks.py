@@ -2,7 +2,7 @@
 
 Correctness compares each method with the exact masked reference (docs/contracts.md); a failed check is
 what makes a row "incorrect", which keeps it out of every speedup. Locality dicts are shown as recorded
-(nested keys joined with dots), since their metrics grow with `baselines.locality`.
+under human names (`reports.names`), since their metrics grow with `baselines.locality`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pandas as pd
 
 from reports.blocks import Section
 from reports.formatting import fmt_float, fmt_int, fmt_passed, fmt_sci, fmt_text, number_or_none
+from reports.names import human_name
 from reports.rows import flatten
 from reports.run import Run
 from reports.sections.common import CASE_COLUMNS, missing_measurement_note
@@ -69,7 +70,7 @@ def locality_section(run: Run) -> Section:
     keys = list(dict.fromkeys(key for record in flat for key in record))
     metrics = pd.DataFrame.from_records(flat, columns=keys).add_prefix("locality:")
     table = pd.concat([carriers.reset_index(drop=True), metrics], axis=1)
-    columns = [*CASE_COLUMNS, *(Column(f"locality:{key}", key, _fmt_locality, numeric=True) for key in keys)]
+    columns = [*CASE_COLUMNS, *(Column(f"locality:{key}", human_name(key), _fmt_locality, numeric=True) for key in keys)]
     result = Section(LOCALITY_ID, LOCALITY_TITLE)
     result.add(build_table(table, columns, caption="Locality of each method's token order, as recorded"))
     return result

@@ -1,39 +1,45 @@
 """Latency and throughput of every kernel row: tables per resolution and the charts built on them.
 
 Speedups are over the fastest dense reference at the same resolution; rows that failed correctness or
-have no timing are listed with their status but never ranked.
+have no timing are listed with their status but never ranked. Charts use `reports.rows.PHASE_BASIS`; the
+per-layer table and the per-phase chart show each phase.
 """
 
 from __future__ import annotations
 
 from reports import figures
 from reports.blocks import Paragraph, Section
-from reports.formatting import fmt_float, fmt_int, fmt_interval, fmt_ms, fmt_pct, fmt_ratio
-from reports.rows import method_summary, resolution_order, timed_kernels
+from reports.formatting import fmt_int, fmt_interval, fmt_ms, fmt_pct, fmt_ratio, fmt_tflops
+from reports.rows import PHASE_BASIS, method_summary, resolution_order, timed_kernels
 from reports.run import Run
 from reports.sections.common import CASE_COLUMNS
-from reports.sections.headline import HILBERTA_FAMILY, PAPER_CLAIMS
 from reports.tables import Column, build_table, status_class
 
 ID, TITLE = "latency", "Latency and throughput"
 
 LATENCY_COLUMNS = [
     Column("label", "method"), Column("layer", "layer", fmt_int, numeric=True), Column("backend", "backend"),
-    Column("status", "status"), Column("median_ms", "median ms", fmt_ms, numeric=True),
-    Column("ci95", "95 % CI (ms)", numeric=True), Column("iqr_ms", "IQR ms", fmt_ms, numeric=True),
-    Column("n_samples", "n", fmt_int, numeric=True),
-    Column("speedup", "speedup vs fastest dense", fmt_ratio, numeric=True),
+    Column("status", "status"), Column("reason", "reason"), Column("median_ms", "median ms", fmt_ms, numeric=True),
+    Column("ci95", "95 % CI (ms)", tip="as the harness recorded it (see the footer for the method)"),
+    Column("iqr_ms", "IQR ms", fmt_ms, numeric=True, tip="interquartile range of the samples"),
+    Column("n_samples", "samples", fmt_int, numeric=True),
+    Column("speedup", "speedup vs fastest dense", fmt_ratio, numeric=True,
+           tip="fastest dense kernel's ms (its own basis) / this row's median"),
 ]
 THROUGHPUT_COLUMNS = [
     *CASE_COLUMNS,
-    Column("token_density", "token density", fmt_pct, numeric=True),
-    Column("block_density", "computed-block density", fmt_pct, numeric=True),
-    Column("tflops_dense_equivalent", "dense-equivalent TFLOP/s", fmt_float, numeric=True),
-    Column("tflops_effective", "effective TFLOP/s", fmt_float, numeric=True),
-    Column("wasted", "computed / effective FLOPs", fmt_ratio, numeric=True),
-    Column("setup_layout_ms", "layout ms", fmt_ms, numeric=True),
-    Column("setup_permute_ms", "permute ms", fmt_ms, numeric=True),
-    Column("setup_first_call_ms", "first call ms", fmt_ms, numeric=True),
+    Column("token_density", "token density", fmt_pct, numeric=True, tip="allowed (query, key) pairs / L²"),
+    Column("block_density", "computed-block density", fmt_pct, numeric=True,
+           tip="share of (query block, key block) tiles the kernel computes"),
+    Column("tflops_effective", "effective TFLOP/s", fmt_tflops, numeric=True,
+           tip="FLOPs of the allowed pairs only / median time: comparable with the card's peak"),
+    Column("tflops_dense_equivalent", "dense-equivalent TFLOP/s", fmt_tflops, numeric=True,
+           tip="dense attention's FLOPs / median time: a speed figure, not hardware throughput (can exceed peak)"),
+    Column("wasted", "computed / effective FLOPs", fmt_ratio, numeric=True,
+           tip="FLOPs computed (whole blocks) / FLOPs of allowed pairs: the cost of block granularity"),
+    Column("setup_layout_ms", "layout ms", fmt_ms, numeric=True, tip="one-off: building the token order/mask"),
+    Column("setup_permute_ms", "permute ms", fmt_ms, numeric=True, tip="reordering Q, K, V into the curve order"),
+    Column("setup_first_call_ms", "first call ms", fmt_ms, numeric=True, tip="one-off: includes compilation"),
 ]
 
 
@@ -54,7 +60,7 @@ def section(run: Run) -> Section:
     for resolution in [*resolutions, None]:
         rows = kernels[kernels["resolution"] == resolution] if resolution else kernels[kernels["resolution"].isna()]
         if not rows.empty:
-            caption = f"Kernel latency at {resolution}" if resolution else "Kernel rows without a problem size"
+            caption = f"Kernel latency per layer at {resolution}" if resolution else "Kernel rows without a problem size"
             result.add(build_table(rows, LATENCY_COLUMNS, caption=caption, row_class=status_class))
     result.add(build_table(kernels, THROUGHPUT_COLUMNS, caption="Throughput, density and one-off costs",
                            row_class=status_class))
@@ -67,21 +73,14 @@ def _add_figures(result: Section, kernels, summary, resolutions) -> None:
         result.add(Paragraph("No kernel passed correctness with a timing, so there is nothing to plot.", css="note"))
         return
     colours = figures.method_colours(summary)
-    result.add_figure(figures.latency_vs_resolution(summary, resolutions, colours))
+    if len(resolutions) > 1:
+        result.add_figure(figures.latency_vs_resolution(summary, resolutions, colours))
     ranked = summary.dropna(subset=["speedup"])
-    is_fastest_dense = ranked["dense_reference"] & (ranked["label"] == ranked["fastest_dense_label"])
-    ranked = ranked[~is_fastest_dense]  # 1x by definition
+    ranked = ranked[~(ranked["dense_reference"] & (ranked["label"] == ranked["fastest_dense_label"]))]  # 1x
     if ranked.empty:
         result.add(Paragraph("No dense reference was timed next to another method: no speedup chart.", css="note"))
     else:
-        # the paper's claims are HilbertA's: mark them only where a HilbertA method is on the chart
-        with_hilberta = set(ranked.loc[ranked["family"] == HILBERTA_FAMILY, "resolution"])
-        claims = {res: claim for res, claim in PAPER_CLAIMS.items() if res in with_hilberta}
-        result.add_figure(figures.speedup_bars(ranked, claims, colours))
-    if summary[["tflops_dense_equivalent", "tflops_effective"]].notna().any().any():
-        result.add_figure(figures.throughput_bars(summary))
-    else:
-        result.add(Paragraph("No row carries TFLOP/s figures.", css="note"))
+        result.add_figure(figures.speedup_bars(ranked, colours), caption=f"Basis: {PHASE_BASIS}.")
     sparse = summary[~summary["dense_reference"]].dropna(subset=["token_density", "speedup"])
     if sparse.empty:
         result.add(Paragraph("No sparse method with a known density and a speedup: no speed-vs-density chart.",
@@ -89,11 +88,10 @@ def _add_figures(result: Section, kernels, summary, resolutions) -> None:
     else:
         result.add_figure(figures.speed_vs_density(summary.dropna(subset=["token_density", "speedup"])))
     phases = timed_kernels(kernels)
-    phases = phases[phases["family"] == HILBERTA_FAMILY]
     layers = phases.groupby(["resolution", "method"])["layer"].transform("nunique")
     phases = phases[layers > 1]
     if not phases.empty:
         result.add_figure(figures.phase_latency(phases, resolutions, colours))
     else:
-        result.add(Paragraph("No HilbertA method was timed at more than one layer (sliding phase): no "
-                             "per-phase chart.", css="note"))
+        result.add(Paragraph("No method was timed at more than one layer (sliding phase): no per-phase chart.",
+                             css="note"))

@@ -1,8 +1,11 @@
-"""Power and energy: joules per call and mean watts (NVML energy counter), clocks and throttle reasons.
+"""Power and energy: joules per call, relative to the fastest dense kernel, and work per joule; and each
+case's own conditions (clocks, power, temperature, throttle reasons while its timed calls ran).
 
-Energy comes from `harness.measure.power.measure_energy` (a window of back-to-back calls); clocks and throttle
-reasons from the sampler that ran while the case was timed, so a power-capped run is obvious at a glance:
-every reason seen in any case is counted above the table.
+Energy comes from `harness.measure.power.measure_energy` (the NVML energy counter over a window of calls;
+"schedule": "interleaved" where the runner interleaved it). Conditions are the row's own "conditions"
+(schema 2); a row without them says "not recorded" (the older run-wide sampler summary is not shown per
+row: it was one reading copied into every case). Under a power cap, a case whose mean power is within
+`AT_CAP` of the cap spent energy = time x cap, which the page says.
 """
 
 from __future__ import annotations
@@ -13,67 +16,92 @@ import pandas as pd
 
 from reports import figures
 from reports.blocks import Paragraph, Section
-from reports.formatting import MISSING, fmt_float, fmt_int, fmt_text
+from reports.formatting import (NOT_RECORDED, fmt_celsius, fmt_float, fmt_gflop_per_j, fmt_int, fmt_joules,
+                                fmt_mhz_int, fmt_ratio, fmt_text, fmt_watts, number_or_none)
+from reports.rows import dig, method_summary, timed_kernels
 from reports.run import Run
 from reports.sections.common import CASE_COLUMNS, missing_measurement_note
 from reports.tables import Column, build_table
 
 ID, TITLE = "power", "Power and energy"
-# Reasons seen while the GPU worked; a snapshot taken afterwards shows an idle GPU, not throttling.
-REASON_COLUMNS = ("throttle_reasons_energy", "throttle_reasons_timing")
-MEASURED_COLUMNS = ["joules_per_call", "mean_watts", "sm_mhz_median"]
+AT_CAP = 0.03  # mean power within 3 % of the cap: energy is time x cap
 
 
-def _reasons(value: object) -> list[str]:
-    if isinstance(value, (list, tuple)):
-        return [fmt_text(item) for item in value]
-    return [] if value is None else [fmt_text(value)]
+def _recorded(render):
+    def show(value) -> str:
+        return NOT_RECORDED if number_or_none(value) is None else render(value)
+
+    return show
 
 
-def _row_reasons(record) -> list[str] | None:
-    """Reasons seen in a case (energy window and timing), None when neither was recorded."""
-    recorded = [record[column] for column in REASON_COLUMNS if record[column] is not None]
-    if not recorded:
-        return None
-    return list(dict.fromkeys(reason for value in recorded for reason in _reasons(value)))
-
-
-def _fmt_reasons(value: object) -> str:
-    return MISSING if value is None else ", ".join(value) or "none"
+def _reasons(value: object) -> str:
+    return ", ".join(fmt_text(v) for v in value) or "none" if isinstance(value, list) else NOT_RECORDED
 
 
 COLUMNS = [
     *CASE_COLUMNS,
-    Column("joules_per_call", "J per call", fmt_float, numeric=True),
-    Column("mean_watts", "mean W", fmt_float, numeric=True),
-    Column("max_watts", "max W", fmt_float, numeric=True),
-    Column("power_calls", "calls", fmt_int, numeric=True),
-    Column("power_window_s", "window s", fmt_float, numeric=True),
-    Column("sm_mhz_median", "SM MHz (median while timed)", fmt_int, numeric=True),
-    Column("sm_mhz_min", "SM MHz (min)", fmt_int, numeric=True),
-    Column("temp_c_max", "max °C", fmt_int, numeric=True),
-    Column("reasons", "throttle reasons", _fmt_reasons),
-    Column("energy_source", "energy source"),
+    Column("joules_per_call", "energy per call", fmt_joules, numeric=True),
+    Column("vs_dense", "energy vs fastest dense", fmt_ratio, numeric=True,
+           tip="J per call / J per call of the fastest dense kernel at the same size (below 1× uses less)"),
+    Column("gflop_per_j", "work per energy", fmt_gflop_per_j, numeric=True,
+           tip="effective FLOPs / J (= effective TFLOP/s per kW): performance per watt"),
+    Column("mean_watts", "mean power", fmt_watts, numeric=True, tip="energy / window over the energy window"),
+    Column("at_cap", "at the cap", fmt_text, tip=f"mean power within {AT_CAP:.0%} of the power cap: energy = time x cap"),
+    Column("power_window_s", "energy window s", fmt_float, numeric=True),
+    Column("sm_mhz_median", "SM clock (median)", _recorded(fmt_mhz_int), numeric=True,
+           tip="this case's own NVML samples while its timed calls ran"),
+    Column("sm_mhz_min", "SM clock (min)", _recorded(fmt_mhz_int), numeric=True),
+    Column("cond_watts_max", "max power while timed", _recorded(fmt_watts), numeric=True),
+    Column("temp_c_max", "max temperature", _recorded(fmt_celsius), numeric=True),
+    Column("throttle_reasons", "clock-event reasons", _reasons),
+    Column("cond_samples", "NVML samples", _recorded(fmt_int), numeric=True),
 ]
+
+
+CONDITION_COLUMNS = -6  # the last six: shown only when some case recorded its conditions
+
+
+def _with_energy_metrics(run: Run, measured: pd.DataFrame) -> pd.DataFrame:
+    summary = method_summary(timed_kernels(run.frame))
+    dense = summary[summary["dense_reference"] & (summary["label"] == summary["fastest_dense_label"])]
+    dense_j = {}
+    for resolution, label in zip(dense["resolution"], dense["label"]):
+        rows = measured[(measured["resolution"] == resolution) & (measured["label"] == label)]
+        dense_j[resolution] = rows["joules_per_call"].mean()
+    cap = number_or_none(dig(run.env, ("nvml", "power_limit_w")))
+    at_cap = (measured["mean_watts"] - cap).abs() <= AT_CAP * cap if cap else pd.Series(False, index=measured.index)
+    return measured.assign(
+        vs_dense=measured["joules_per_call"] / measured["resolution"].map(dense_j).astype(float),
+        gflop_per_j=measured["effective_flops"] / measured["joules_per_call"] / 1e9,
+        at_cap=[("yes" if flag else "no") if pd.notna(w) and cap else "—" for flag, w in zip(at_cap, measured["mean_watts"])])
 
 
 def section(run: Run) -> Section:
     frame = run.frame[run.frame["kind"] == "kernel"]  # e2e energy per image is in the end-to-end section
-    measured = frame[frame[MEASURED_COLUMNS].notna().any(axis=1)].copy()
+    measured = frame[frame[["joules_per_call", "sm_mhz_median"]].notna().any(axis=1)].copy()
     if measured.empty:
         return Section.empty(ID, TITLE, missing_measurement_note(frame, "power or clock readings (NVML)",
                                                                  "power_status", "power_reason"))
-    measured["reasons"] = pd.Series([_row_reasons(r) for r in measured.to_dict("records")], index=measured.index,
-                                    dtype=object)
+    measured = _with_energy_metrics(run, measured)
     result = Section(ID, TITLE)
-    seen = Counter(reason for reasons in measured["reasons"] if reasons for reason in reasons)
-    if seen:
-        listed = ", ".join(f"{reason} ({count} case{'s' if count > 1 else ''})" for reason, count in seen.most_common())
-        result.add(Paragraph(f"Clock-event (throttle) reasons seen: {listed}.", css="warning"))
-    else:
-        result.add(Paragraph("No throttle reason was recorded in any case.", css="note"))
-    result.add(build_table(measured, COLUMNS, caption="Energy over a window of back-to-back calls; clocks "
-                                                      "while the case was timed"))
+    cap = number_or_none(dig(run.env, ("nvml", "power_limit_w")))
+    capped = (measured["at_cap"] == "yes").sum()
+    if capped:
+        result.add(Paragraph(f"{capped} of {len(measured)} cases ran at the {fmt_watts(cap)} power cap (mean power "
+                             f"within {AT_CAP:.0%} of it): their energy is simply time x cap, so energy ranks them "
+                             "as latency does; work per energy is the figure that separates methods.", css="warning"))
+    schedules = Counter(measured["power_schedule"].fillna("a back-to-back window per case"))
+    no_conditions = measured["sm_mhz_median"].isna().sum()
+    note = f"Energy measured as: {', '.join(schedules)}."
+    if no_conditions == len(measured):
+        note += (" No case carries its own conditions (clocks, power and temperature while its timed calls ran): "
+                 "not recorded in this run, so those columns are left out.")
+    elif no_conditions:
+        note += (f" {no_conditions} case(s) carry no conditions of their own (clocks, power and temperature while "
+                 "their timed calls ran): shown as \"not recorded\".")
+    result.add(Paragraph(note, css="caveat"))
+    columns = COLUMNS if no_conditions < len(measured) else COLUMNS[:CONDITION_COLUMNS]
+    result.add(build_table(measured, columns, caption="Energy per call and each case's own conditions"))
     energy = measured.dropna(subset=["joules_per_call"])
     if energy.empty:
         result.add(Paragraph(missing_measurement_note(frame, "energy per call", "power_status", "power_reason"),

@@ -1,8 +1,10 @@
-"""Block-size tuning (rows of kind "tune"): a heatmap of median ms per launch configuration.
+"""Block-size tuning (rows of kind "tune"): which launch configuration was stored, by what rule, and a
+heatmap of every configuration with the stored (★) and default (D) cells marked.
 
-One heatmap per kernel and problem size; blank cells are configurations that failed or were not timed.
-The table names the configuration `harness tune` stored for each (its final head-to-head against the default
-decides, so it is not always the lowest median of the coarse passes), or the fastest when none is marked.
+The rule (harness/apps/tune.py): a coarse pass times every correct candidate, the top k plus the default
+are timed again and the fastest median wins, then the winner and the default are timed head to head and
+the default is kept if it wins. So the stored configuration is not "the lowest number in the heatmap": a
+coarse-pass median with few samples can look faster. The heatmap shows each configuration's last pass.
 """
 
 from __future__ import annotations
@@ -10,30 +12,51 @@ from __future__ import annotations
 import pandas as pd
 
 from reports import figures
-from reports.blocks import Section
-from reports.formatting import fmt_int, fmt_ms
+from reports.blocks import Paragraph, Section
+from reports.formatting import fmt_int, fmt_interval, fmt_ms, fmt_ratio, fmt_text
 from reports.run import Run
 from reports.tables import Column, build_table
 
 ID, TITLE = "tuning", "Block-size tuning"
 LAUNCH_PARAMS = ["block_m", "block_n", "num_warps", "num_stages"]
+STAGE_ORDER = {"coarse": 0, "refine": 1, "final": 2}  # later passes time with more samples
+RULE = ("Rule: the fastest median of the refine pass (top candidates plus the default) wins, then winner and "
+        "default are timed head to head, interleaved; the default is stored if it wins. ★ = stored, D = default.")
 
-BEST_COLUMNS = [
-    Column("method", "kernel"), Column("resolution", "resolution"), Column("config", "chosen config"),
-    Column("median_ms", "median ms", fmt_ms, numeric=True),
-    Column("tried", "configs tried", fmt_int, numeric=True), Column("timed", "configs timed", fmt_int, numeric=True),
+STORED_COLUMNS = [
+    Column("method", "kernel"), Column("resolution", "size"),
+    Column("chosen_label", "stored config"), Column("chosen_ms", "stored: median ms", fmt_ms, numeric=True),
+    Column("chosen_ci", "stored: 95 % CI"),
+    Column("default_label", "default config"), Column("default_ms", "default: median ms", fmt_ms, numeric=True),
+    Column("default_ci", "default: 95 % CI"),
+    Column("gain", "default / stored", fmt_ratio, numeric=True, tip="head-to-head medians of the final pass"),
+    Column("overlap", "intervals overlap", tip="if the two CIs overlap, the run cannot tell them apart"),
+    Column("tried", "configs tried", fmt_int, numeric=True),
 ]
 
 
-def _fastest(method: str, resolution: str, group: pd.DataFrame) -> dict:
-    timed = group.dropna(subset=["median_ms"])
-    record = {"method": method, "resolution": resolution, "config": "none timed", "median_ms": None,
-              "tried": len(group), "timed": len(timed)}
-    if not timed.empty:
-        chosen = timed[timed["chosen"] == True] if "chosen" in timed else timed.iloc[:0]  # noqa: E712 (object column)
-        best = chosen.iloc[0] if not chosen.empty else timed.loc[timed["median_ms"].idxmin()]
-        record["config"] = best["label"]
-        record["median_ms"] = best["median_ms"]
+def _last_pass(group: pd.DataFrame) -> pd.DataFrame:
+    """Each configuration's row from the last pass that timed it."""
+    order = group["tune_stage"].map(STAGE_ORDER).fillna(-1)
+    return group.assign(_order=order).sort_values("_order", kind="stable").drop_duplicates("label", keep="last")
+
+
+def _stored(method: str, resolution: str, group: pd.DataFrame) -> dict:
+    record = {"method": method, "resolution": resolution, "tried": group["label"].nunique()}
+    for role in ("chosen", "default"):
+        rows = group[group[role] == True]  # noqa: E712 (object column)
+        row = rows.iloc[0] if not rows.empty else None
+        record[f"{role}_label"] = row["label"] if row is not None else "not marked"
+        record[f"{role}_ms"] = row["median_ms"] if row is not None else None
+        record[f"{role}_ci"] = fmt_interval(row["ci_lo_ms"], row["ci_hi_ms"]) if row is not None else fmt_text(None)
+        record[f"_{role}"] = row
+    chosen, default = record.pop("_chosen"), record.pop("_default")
+    record["gain"] = default["median_ms"] / chosen["median_ms"] if chosen is not None and default is not None else None
+    if chosen is not None and default is not None and not pd.isna(chosen["ci_lo_ms"]) and not pd.isna(default["ci_lo_ms"]):
+        overlap = chosen["ci_lo_ms"] <= default["ci_hi_ms"] and default["ci_lo_ms"] <= chosen["ci_hi_ms"]
+        record["overlap"] = "yes: not distinguishable" if overlap else "no"
+    else:
+        record["overlap"] = fmt_text(None)
     return record
 
 
@@ -49,9 +72,13 @@ def section(run: Run) -> Section:
     tune = tune.assign(median_ms=tune["median_ms"].where(tune["status"] == "ok"))
     groups = list(tune.groupby(["method", "resolution"], sort=False))
     result = Section(ID, TITLE)
-    fastest = pd.DataFrame.from_records([_fastest(method, res, group) for (method, res), group in groups])
-    result.add(build_table(fastest, BEST_COLUMNS, caption="Fastest launch configuration per kernel and size"))
+    result.add(Paragraph(RULE, css="caveat"))
+    stored = pd.DataFrame.from_records([_stored(method, res, _last_pass(group))
+                                        for (method, res), group in groups])
+    result.add(build_table(stored, STORED_COLUMNS, caption="Stored launch configuration per kernel and size, "
+                                                           "against the default (final head-to-head pass)"))
     for (method, resolution), group in groups:
         if group["median_ms"].notna().any():
-            result.add_figure(figures.tuning_heatmap(group, f"{method} at {resolution}: median ms per config"))
+            result.add_figure(figures.tuning_heatmap(_last_pass(group),
+                                                     f"{method} at {resolution}: median ms per config (last pass)"))
     return result

@@ -7,7 +7,7 @@ package, which every ``python -m harness`` command does to register ``e2e``, mus
 
 import importlib
 
-_LAZY = {"run_e2e_cases": "harness.apps.e2e.measure", "E2ESettings": "harness.apps.e2e.measure"}
+_LAZY = {"run_e2e_cases": "harness.apps.e2e.measure", "E2ESettings": "harness.apps.e2e.settings"}
 __all__ = sorted(_LAZY)
 
 

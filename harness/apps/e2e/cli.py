@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, help="bfloat16 (default for flux-dev) or float32 (default for tiny)")
     parser.add_argument("--text-tokens", type=int, default=None, help="prompt length (default 512; 16 for tiny)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--gpus", type=int, default=1, metavar="N",
+                        help="sequence parallelism (Ulysses) over N GPUs of this host, measured at 1, 2, ... N GPUs "
+                             "(harness.apps.e2e.parallel); step latency only")
     parser.add_argument("--no-report", action="store_true", help="do not write the HTML report")
 
 
@@ -110,28 +113,36 @@ def run(args: argparse.Namespace) -> int:
 
     from harness.apps.e2e.measure import E2ESettings, run_e2e_cases
     from harness.core.results import RESULTS_NAME, ResultsFile, utc_now
-    from harness.core.runner import RESULTS_ROOT, default_device, exit_status, make_run_id, optional
+    from harness.core.paths import claim_run_dir
+    from harness.core.runner import default_device, exit_status, optional
 
     section = settings_section(args)
     E2ESettings.from_section(section)  # bad input fails before anything is built or written
     device = torch.device(args.device) if args.device else default_device()
-    run_id = make_run_id(SUITE_NAME)
-    out_dir = Path(args.out) if args.out else RESULTS_ROOT / run_id
-    if (out_dir / RESULTS_NAME).exists():
-        raise FileExistsError(f"{out_dir} already holds a run ({RESULTS_NAME}); choose another --out")
+    out_dir, run_id = claim_run_dir(args.out, SUITE_NAME)  # exclusive: a second run into it stops here
     results = ResultsFile(out_dir / RESULTS_NAME, run_id=run_id, suite=SUITE_NAME, policy={"e2e": section})
     fingerprint, reason = optional("harness.measure.envinfo", "fingerprint")
     results.write_env(fingerprint(device) if fingerprint else {"status": "unavailable", "reason": reason})
     complete = False
     try:
-        rows = run_e2e_cases(section, results, device)
+        if args.gpus > 1:
+            from harness.apps.e2e.parallel import run_parallel_cases
+
+            rows = run_parallel_cases(section, results, args.gpus, device.type)
+        else:
+            rows = run_e2e_cases(section, results, device)
         complete = True
     except KeyboardInterrupt:
         print("\ninterrupted: the results file holds the cases finished so far", file=sys.stderr)
         return 130
     finally:
         results.set(finished=utc_now(), complete=complete)
-    print(e2e_table(rows))
+    if args.gpus > 1:
+        from harness.apps.e2e.parallel import parallel_table
+
+        print(parallel_table(rows))
+    else:
+        print(e2e_table(rows))
     print(f"\nresults: {out_dir / RESULTS_NAME}")
     code = exit_status(results.data)
     if not args.no_report:

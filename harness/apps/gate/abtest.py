@@ -5,7 +5,7 @@ persistent worker per revision: ``python -m harness.apps.gate.abtest --worker`` 
 so each side imports its own kernels and baselines. For every case both workers prepare it (and check its
 correctness); then timing rounds alternate between them, A B, B A, A B, ..., so clock and power drift hit
 both sides alike, as asv's ``--interleave-rounds`` does. The samples become two results files that
-`harness.apps.gate.compare.compare` gates, B (candidate) against A (reference).
+the gate (`harness.apps.gate.compare`, which calls `run`) judges, B (candidate) against A (reference).
 
 Worker protocol: one JSON object per line each way, on the worker's stdin and stdout (anything else the
 worker prints goes to stderr). Requests and replies:
@@ -17,8 +17,9 @@ worker prints goes to stderr). Requests and replies:
 
 A failed request answers ``{"ok": false, "error": "..."}`` and the worker waits for the next one; the parent
 records that side of the case as "failed" (say, a method the older revision does not have). The case
-payload is `harness.core.suite.CaseSpec.to_dict()` plus the suite's correctness policy; ``--builder
-module:function`` swaps the function that turns it into something to time (tests use a fake that sleeps).
+payload is `harness.core.cases.CaseSpec.to_dict()` plus the suite's correctness policy; the worker makes it
+ready through the case lifecycle (`harness.core.lifecycle`); ``--builder module:function`` swaps the
+function that turns it into something to time (tests use a fake that sleeps).
 Only commits are compared: uncommitted changes are in neither worktree.
 """
 
@@ -37,7 +38,19 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+import torch
+
 from harness import PROJECT_ROOT
+from harness.core.cases import CaseSpec
+from harness.core.lifecycle import case_row, make_ready
+from harness.core.results import RESULTS_NAME, ResultsFile
+from harness.core.schema import Row
+from harness.core.suite import load_suite
+from harness.measure import stats
+from harness.measure.correctness import CorrectnessPolicy
+from harness.measure.envinfo import fingerprint
+from harness.measure.timing import TimingPolicy, time_interleaved
 
 PROTOCOL = 1
 DEFAULT_BUILDER = "harness.apps.gate.abtest:build_case"
@@ -68,32 +81,14 @@ Builder = Callable[[Mapping, object], PreparedCase]  # (case payload, torch.devi
 
 
 def build_case(payload: Mapping, device) -> PreparedCase:
-    """The real builder: resolve the method, prepare it on the problem, check it against the exact
-    reference (the suite's tolerances travel in ``payload["correctness"]``), and hold its inputs."""
-    from baselines.registry import MethodUnavailable, resolve
-    from harness.core.ncu_target import problem_from_dict
-    from harness.measure.correctness import check_correctness
-    from harness.core.runner import base_row
-    from harness.core.suite import CaseSpec, CorrectnessPolicy
-
-    case = CaseSpec(problem_from_dict(payload["problem"]), resolve(payload["method"]), payload["method"],
-                    payload.get("group", "main"))
-    row = {**base_row(case), "case": payload["case"]}  # the parent's id, even if this revision names it otherwise
-    availability = case.method.availability(device)
-    if not availability:
-        return PreparedCase({**row, "status": "unavailable", "reason": availability.reason}, None)
-    try:
-        prepared = case.method.prepare(case.problem, device)
-    except MethodUnavailable as exc:
-        return PreparedCase({**row, "status": "unavailable", "reason": str(exc)}, None)
-    check = check_correctness(prepared, CorrectnessPolicy(**payload.get("correctness", {})), device, seed=0)
-    if not check["passed"]:
-        reason = f"relative error {check['rel_err']:.3g} > tolerance {check['tol']:.3g}"
-        return PreparedCase({**row, "backend": prepared.backend, "status": "incorrect", "reason": reason,
-                             "correctness": check}, None)
-    q, k, v = case.problem.random_qkv(device, seed=1)
-    return PreparedCase({**row, "backend": prepared.backend, "correctness": check},
-                        lambda: prepared.run(q, k, v))
+    """The real builder: the case lifecycle (available, prepared, first call, checked against the exact
+    reference with the suite's tolerances from ``payload["correctness"]``) on inputs it holds."""
+    case = CaseSpec.from_dict(payload)
+    row = {**case_row(case), "case": payload["case"]}  # the parent's id, even if this revision names it otherwise
+    policy = CorrectnessPolicy(**payload.get("correctness", {}))
+    state = make_ready(case.method, case.problem, device, policy, case.problem.random_qkv(device, seed=1), seed=0)
+    row.update(state.fields)
+    return PreparedCase(row, state.call if state.ready else None)
 
 
 def load_builder(spec: str) -> Builder:
@@ -113,8 +108,6 @@ class WorkerSession:
         self.ops = {"hello": self.hello, "prepare": self.prepare, "time": self.time}
 
     def hello(self, request: Mapping) -> dict:
-        from harness.measure.envinfo import fingerprint
-
         return {"protocol": PROTOCOL, "root": str(PROJECT_ROOT),
                 "env": fingerprint(self.device)}
 
@@ -124,8 +117,6 @@ class WorkerSession:
         return {"row": self.case.row}
 
     def time(self, request: Mapping) -> dict:
-        from harness.measure.timing import TimingPolicy, time_interleaved
-
         if self.case is None or self.case.call is None:
             raise ValueError("no runnable case is prepared: send 'prepare' first")
         n = int(request["n"])
@@ -165,7 +156,6 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     # a library's) to stderr.
     channel = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    import torch
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     session = WorkerSession(load_builder(args.builder), device)
@@ -282,15 +272,13 @@ def workers(roots: Mapping[str, Path], builder: str, extra_path: Sequence[str] =
 
 
 def _failed_row(payload: Mapping, error: Exception) -> dict:
-    return {"kind": "kernel", "case": payload["case"], "method": payload.get("method_name"),
-            "problem": payload.get("problem"), "status": "failed", "reason": str(error)}
+    return Row(kind="kernel", case=payload["case"], method=payload.get("method_name"),
+               problem=payload.get("problem"), status="failed", reason=str(error)).to_dict()
 
 
 def time_case(pair: Mapping[str, WorkerProcess], payload: Mapping, rounds: int, round_samples: int) -> dict:
     """Prepare one case in both workers and, when both can run it, time it in alternating rounds
     (A B, B A, ...). Returns {label: results row}; a side whose request fails gets a "failed" row."""
-    from harness.measure import stats
-
     rows = {}
     for label, worker in pair.items():
         try:
@@ -318,8 +306,6 @@ def run_ab(repo: Path, revisions: Mapping[str, str], payloads: Sequence[Mapping]
            extra_path: Sequence[str] = (), device: str | None = None) -> dict[str, dict]:
     """Time every case of ``payloads`` at each revision ({label: git revision}); write one results file
     per label under ``out_dir/<label>/`` and return {label: results dict}."""
-    from harness.core.results import RESULTS_NAME, ResultsFile
-
     if rounds < 2 or round_samples < 1:
         raise ValueError(f"need rounds >= 2 (to alternate the order) and round_samples >= 1, "
                          f"got {rounds} and {round_samples}")
@@ -358,31 +344,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="calls timed per revision per round (default 10)")
 
 
-def run(args: argparse.Namespace) -> int:
-    """``gate --ab REV_A REV_B --suite NAME``: exit code as the gate's."""
-    from harness.apps.gate import compare as gate
-    from harness.core.suite import load_suite
+@dataclass(frozen=True)
+class AbSettings:
+    """What ``gate --ab`` was asked: the two revisions, the suite (and methods) to time, and the rounds."""
 
-    if not args.suite:
-        print("gate --ab: name the suite to time with --suite (e.g. bench-ci)")
-        return gate.EXIT_UNUSABLE
-    rev_a, rev_b = args.ab
-    out_dir = Path(args.out or f"results/ab-{datetime.now():%Y%m%d-%H%M%S}")
-    try:
-        suite = load_suite(args.suite)
-        if args.methods:
-            suite = suite.select(methods=[name for value in args.methods for name in value.split(",") if name])
-        correctness = suite.describe()["correctness"]
-        payloads = [{**case.to_dict(), "correctness": correctness} for case in suite.cases()]
-        repo = Path(_git(Path.cwd(), "rev-parse", "--show-toplevel"))
-        results = run_ab(repo, {"a": rev_a, "b": rev_b}, payloads, out_dir, suite=suite.name,
-                         rounds=args.rounds, round_samples=args.round_samples)
-        verdict = gate.compare(results["a"], results["b"], **gate.gate_settings(args, args.suite))
-    except (AbTestError, OSError, ValueError) as exc:
-        print(f"gate --ab: {exc}")
-        return gate.EXIT_UNUSABLE
-    verdict["reference"]["source"], verdict["candidate"]["source"] = f"{rev_a} (a)", f"{rev_b} (b)"
-    return gate.report(verdict, out_dir)
+    rev_a: str
+    rev_b: str
+    suite: str
+    methods: tuple[str, ...] | None = None
+    rounds: int = 10
+    round_samples: int = 10
+    out: Path | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> AbSettings:
+        if not args.suite:
+            raise ValueError("name the suite to time with --suite (e.g. bench-ci)")
+        methods = tuple(name for value in args.methods for name in value.split(",") if name) if args.methods else None
+        out = Path(args.out or f"results/ab-{datetime.now():%Y%m%d-%H%M%S}")
+        return cls(args.ab[0], args.ab[1], args.suite, methods, args.rounds, args.round_samples, out)
+
+
+def run(settings: AbSettings) -> dict[str, dict]:
+    """Time the suite's cases at both revisions; {"a": results, "b": results} for the gate to judge.
+    Raises AbTestError, OSError or ValueError when the run is unusable."""
+    suite = load_suite(settings.suite)
+    if settings.methods:
+        suite = suite.select(methods=list(settings.methods))
+    correctness = suite.correctness.to_dict()
+    payloads = [{**case.to_dict(), "correctness": correctness} for case in suite.cases()]
+    repo = Path(_git(Path.cwd(), "rev-parse", "--show-toplevel"))
+    return run_ab(repo, {"a": settings.rev_a, "b": settings.rev_b}, payloads, settings.out, suite=suite.name,
+                  rounds=settings.rounds, round_samples=settings.round_samples)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,16 @@ interval of the ratio of medians (candidate / reference, from the raw ``samples_
 ``1 + threshold`` AND a Mann-Whitney U test agrees (p < `ALPHA`): noise alone, or a change smaller than the
 threshold, never fails a merge (asv's rule, with a CI instead of a bare ratio). Incorrect output, a case that
 ran in the reference but fails or vanishes in the candidate, also fail. Runs from different GPU models or
-drivers are refused (exit 2) unless forced: their timings say nothing about the code.
+drivers, of different suites, or whose rows of one case id are different problems are refused (exit 2)
+unless forced: their timings say nothing about the code. Malformed input is refused with the file and
+field (`harness.apps.gate.inputs`). A run that stopped early (``complete: false``) is named in the verdict.
 
 References live in ``suites/references/<gpu-slug>/<suite>.json`` (see suites/references/README.md);
 ``--reference auto`` picks the one for the candidate's GPU and suite, and ``--update-reference`` stores
-the candidate there, on purpose and saying so. The default threshold comes from ``--threshold``, else
-the suite's ``[gate] threshold_pct``; the suite's ``[gate.overrides]`` (case-id glob -> percent) set
-per-case thresholds (`harness.core.suite.GateThresholds`).
+the candidate there, on purpose and saying so (an incomplete run, or one with failed cases, only with
+``--force``). The default threshold comes from ``--threshold`` (finite, > 0), else the ``[gate]`` table of
+this repository's suite of that name, else the one a stored reference recorded; never from a suite path
+that a results file names. ``[gate.overrides]`` (case-id glob -> percent) set per-case thresholds.
 
 Outputs: exit code (0 pass, 1 fail, 2 unusable input or refused), ``verdict.json``, ``summary.md`` (a
 markdown table for ``$GITHUB_STEP_SUMMARY``, worst case first), and the same table printed.
@@ -25,20 +28,18 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import os
-import re
+import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from harness import PROJECT_ROOT
 
-DEFAULT_THRESHOLD_PCT = 5.0
+from harness.apps.gate import abtest, inputs
+from harness.apps.gate.inputs import (DEFAULT_THRESHOLD_PCT, check_threshold, env_value, gated_rows,
+                                      is_incomplete, is_incorrect, run_info, stored_reference_path)
+
 ALPHA = 0.01  # Mann-Whitney significance a regression or improvement must also reach
 N_BOOT = 4000  # bootstrap resamples for the ratio's confidence interval
-GATED_KINDS = ("kernel", "e2e")
-# What two runs must share, as (label, fingerprint keys: the first one present counts).
-COMPARABLE_ENV = {"gpu_name": ("GPU model", ("gpu_name",)), "driver": ("driver", ("driver_version", "driver"))}
-REFERENCES_DIR = PROJECT_ROOT / "suites" / "references"
 EXIT_PASS, EXIT_FAIL, EXIT_UNUSABLE = 0, 1, 2
 
 
@@ -66,60 +67,10 @@ OUTCOMES = {o.name: o for o in (
 )}
 
 
-# ---- inputs -------------------------------------------------------------------------------------------
-
-def gpu_slug(gpu_name: str | None) -> str:
-    """Folder name of a GPU model: ``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3``; no GPU -> cpu."""
-    if not gpu_name:
-        return "cpu"
-    return re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
-
-
-def stored_reference_path(results: Mapping) -> Path:
-    """Where the reference for this run's GPU model and suite is stored."""
-    suite = results.get("suite")
-    if not suite:
-        raise ValueError("the candidate results name no suite, so no stored reference can be found for "
-                         "them; pass --reference PATH")
-    suite_name = Path(suite).stem  # a suite given as a path to its .toml
-    return REFERENCES_DIR / gpu_slug(_env_value(results, "gpu_name")) / f"{suite_name}.json"
-
-
-def _gated_rows(results: Mapping, label: str) -> dict[str, dict]:
-    if not isinstance(results, Mapping) or not isinstance(results.get("cases"), list):
-        raise ValueError(f"{label} is not a results file: expected a dict with a 'cases' list")
-    rows: dict[str, dict] = {}
-    for row in results["cases"]:
-        if row.get("kind") not in GATED_KINDS:
-            continue
-        case = row.get("case")
-        if not case:
-            raise ValueError(f"{label} has a {row.get('kind')} row without a 'case' id")
-        if case in rows:
-            raise ValueError(f"{label} has two rows with case id {case!r}")
-        rows[case] = row
-    return rows
-
-
-def _env_value(results: Mapping, what: str):
-    env = results.get("env") or {}
-    return next((env[key] for key in COMPARABLE_ENV[what][1] if env.get(key) is not None), None)
-
-
-def _run_info(results: Mapping) -> dict:
-    return {"run_id": results.get("run_id"), "suite": results.get("suite"), "created": results.get("created"),
-            **{what: _env_value(results, what) for what in COMPARABLE_ENV}}
-
+# ---- per-case decision ----------------------------------------------------------------------------------
 
 def _matches_any(case: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(case, pattern) for pattern in patterns)
-
-
-# ---- per-case decision ----------------------------------------------------------------------------------
-
-def _is_incorrect(row: Mapping) -> bool:
-    correctness = row.get("correctness") or {}
-    return row.get("status") == "incorrect" or correctness.get("passed") is False
 
 
 def _timed_outcome(ref: Mapping, cand: Mapping, threshold_pct: float, level: float, seed: int) -> dict:
@@ -153,7 +104,7 @@ def _timed_outcome(ref: Mapping, cand: Mapping, threshold_pct: float, level: flo
 
 def _case_outcome(ref: Mapping | None, cand: Mapping | None, threshold_pct: float, allowed_missing: bool,
                   level: float, seed: int) -> dict:
-    if cand is not None and _is_incorrect(cand):
+    if cand is not None and is_incorrect(cand):
         return {"outcome": "incorrect", "reason": cand.get("reason") or "correctness check failed"}
     if ref is None:
         return {"outcome": "new", "reason": None}
@@ -175,18 +126,28 @@ def _case_outcome(ref: Mapping | None, cand: Mapping | None, threshold_pct: floa
 
 def _refusal(reference: Mapping, candidate: Mapping, message: str) -> dict:
     return {"schema": 1, "verdict": "refused", "exit_code": EXIT_UNUSABLE, "message": message,
-            "reference": _run_info(reference), "candidate": _run_info(candidate), "cases": [], "counts": {}}
+            "reference": run_info(reference), "candidate": run_info(candidate), "cases": [], "counts": {}}
 
 
-def _env_mismatch(reference: Mapping, candidate: Mapping) -> str | None:
-    ref, cand = _run_info(reference), _run_info(candidate)
-    differ = [label for what, (label, _) in COMPARABLE_ENV.items() if ref[what] != cand[what]]
-    if not differ:
+def _aa_disagreement(reference: Mapping, candidate: Mapping) -> str | None:
+    """A run whose A/A control (one method timed twice) disagreed with itself measured noise, not code."""
+    for label, results in (("reference", reference), ("candidate", candidate)):
+        bad = [pair for pair in results.get("aa_pairs") or ()
+               if isinstance(pair, Mapping) and pair.get("agree") is False]
+        if bad:
+            return (f"the {label}'s A/A control disagreed with itself ({bad[0].get('a')} vs {bad[0].get('b')}: "
+                    f"ratio {bad[0].get('ratio')}, limit {bad[0].get('limit_pct')} %): its timings are too noisy "
+                    "to gate on; re-run it, or pass --force.")
+    return None
+
+
+def _incomplete_note(reference: Mapping, candidate: Mapping) -> str | None:
+    stopped = [label for label, results in (("reference", reference), ("candidate", candidate))
+               if is_incomplete(results)]
+    if not stopped:
         return None
-    return (f"the reference ran on {ref['gpu_name']} (driver {ref['driver']}) and the candidate on "
-            f"{cand['gpu_name']} (driver {cand['driver']}): timings from a different {' and '.join(differ)} "
-            "are not comparable. Store a reference from this card (--update-reference) or pass --force to "
-            "compare anyway.")
+    return (f"INCOMPLETE: the {' and the '.join(stopped)} run{'s' if len(stopped) > 1 else ''} stopped before "
+            "the end (complete: false); cases it never ran are 'new' or 'missing' here, not compared.")
 
 
 def compare(reference: Mapping, candidate: Mapping, threshold_pct: float = DEFAULT_THRESHOLD_PCT,
@@ -197,20 +158,22 @@ def compare(reference: Mapping, candidate: Mapping, threshold_pct: float = DEFAU
     ``per_case`` maps case-id globs to thresholds (percent) that override ``threshold_pct`` (the first
     match wins, as in a suite's ``[gate.overrides]``);
     ``allow_missing`` holds case ids or glob patterns that may be absent (or unavailable) in the candidate.
-    The verdict's ``exit_code`` is 0 (pass), 1 (fail) or 2 (refused: different GPU/driver, nothing to compare).
+    The verdict's ``exit_code`` is 0 (pass), 1 (fail) or 2 (refused: different GPU/driver, suite or problems,
+    an A/A control that disagreed, nothing to compare). Malformed input raises ValueError naming the field.
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    if threshold_pct < 0:
-        raise ValueError(f"threshold_pct must be >= 0, got {threshold_pct}")
-    from harness.core.suite import GateThresholds
+    from harness.core.cases import GateThresholds
 
-    thresholds = GateThresholds(threshold_pct, dict(per_case or {}))
+    thresholds = GateThresholds(check_threshold(threshold_pct, "threshold"),
+                                {k: check_threshold(v, f"threshold of {k!r}") for k, v in (per_case or {}).items()})
     allow_missing = tuple(allow_missing)
-    ref_rows, cand_rows = _gated_rows(reference, "the reference"), _gated_rows(candidate, "the candidate")
-    mismatch = _env_mismatch(reference, candidate)
-    if mismatch and not force:
-        return _refusal(reference, candidate, f"Refused: {mismatch}")
+    ref_rows, cand_rows = gated_rows(reference, "the reference"), gated_rows(candidate, "the candidate")
+    mismatches = [m for m in (inputs.env_mismatch(reference, candidate),
+                              inputs.fingerprint_mismatch(reference, candidate, ref_rows, cand_rows),
+                              _aa_disagreement(reference, candidate)) if m]
+    if mismatches and not force:
+        return _refusal(reference, candidate, f"Refused: {mismatches[0]}")
     if not ref_rows and not cand_rows:
         return _refusal(reference, candidate, "Refused: neither run has kernel or e2e cases to compare.")
 
@@ -229,12 +192,17 @@ def compare(reference: Mapping, candidate: Mapping, threshold_pct: float = DEFAU
     failing = sum(e["fails"] for e in cases)
     passed = failing == 0
     tally = ", ".join(f"{counts[name]} {name}" for name in OUTCOMES if counts[name])
-    message = f"{'PASS' if passed else 'FAIL'}: {failing} of {len(cases)} cases fail ({tally})"
+    incomplete = _incomplete_note(reference, candidate)
+    message = (f"{'PASS' if passed else 'FAIL'}: {failing} of {len(cases)} cases fail ({tally})"
+               + (f". {incomplete}" if incomplete else ""))
+    warnings = [f"Forced: {m}" for m in mismatches] + ([incomplete] if incomplete else [])
     return {"schema": 1, "verdict": "pass" if passed else "fail", "exit_code": EXIT_PASS if passed else EXIT_FAIL,
-            "message": message, "warning": f"Forced: {mismatch}" if mismatch else None, "forced": bool(mismatch),
+            "message": message, "warning": " ".join(warnings) or None, "forced": bool(mismatches),
+            "incomplete": [label for label, r in (("reference", reference), ("candidate", candidate))
+                           if is_incomplete(r)],
             "threshold_pct": threshold_pct, "per_case_thresholds": dict(thresholds.overrides),
             "allow_missing": list(allow_missing), "alpha": ALPHA, "level": level,
-            "reference": _run_info(reference), "candidate": _run_info(candidate), "counts": dict(counts),
+            "reference": run_info(reference), "candidate": run_info(candidate), "counts": dict(counts),
             "cases": cases}
 
 
@@ -286,37 +254,38 @@ def write_outputs(verdict: Mapping, out_dir: str | os.PathLike) -> tuple[Path, P
     return verdict_path, summary_path
 
 
-def store_reference(candidate: Mapping, source: str) -> Path:
-    """Copy a candidate run into its stored-reference place; refuses runs that could not gate anything."""
-    rows = _gated_rows(candidate, "the candidate")
-    incorrect = sorted(case for case, row in rows.items() if _is_incorrect(row))
-    if incorrect:
-        raise ValueError(f"not storing a reference with incorrect cases: {', '.join(incorrect)}")
-    if not any(row.get("status") == "ok" for row in rows.values()):
-        raise ValueError("not storing a reference without a single ok kernel or e2e case")
+def store_reference(candidate: Mapping, source: str, force: bool = False) -> Path:
+    """Copy a candidate run into its stored-reference place. Refuses (ValueError, saying why) a run that
+    could not gate anything, and, unless ``force``, one that is incomplete or has failed cases."""
+    always, unless_forced = inputs.storage_refusals(candidate, gated_rows(candidate, "the candidate"))
+    refusals = always + ([] if force else unless_forced)
+    if refusals:
+        hint = " (pass --force to store it anyway)" if not always else ""
+        raise ValueError(f"not storing run {candidate.get('run_id')} as a reference: {'; '.join(refusals)}{hint}")
     from harness.core.results import utc_now, write_json_atomic
 
     path = stored_reference_path(candidate)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {**candidate, "stored_reference": {"source": source, "stored": utc_now()}})
+    write_json_atomic(path, {**candidate, "stored_reference": {"source": source, "stored": utc_now(),
+                                                               "forced": unless_forced if force else []}})
     return path
 
 
 # ---- command line ----------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from harness.apps.gate import abtest
-
     parser.add_argument("--reference", metavar="A",
                         help="results dir or file, a stored reference, or 'auto' (the stored reference for "
                              "the candidate's GPU model and suite)")
     parser.add_argument("--candidate", metavar="B", help="results dir or file to gate")
     parser.add_argument("--threshold", type=float, default=None, metavar="PCT",
-                        help=f"default threshold in percent (else the suite's [gate] threshold_pct, "
-                             f"else {DEFAULT_THRESHOLD_PCT:g})")
+                        help=f"default threshold in percent, finite and > 0 (else the [gate] threshold_pct of "
+                             f"this repository's suite, else {DEFAULT_THRESHOLD_PCT:g})")
     parser.add_argument("--allow-missing", nargs="*", default=[], metavar="CASE",
                         help="case ids or glob patterns that may be absent or unavailable in the candidate")
-    parser.add_argument("--force", action="store_true", help="compare runs from different GPU models/drivers")
+    parser.add_argument("--force", action="store_true",
+                        help="compare runs from different GPU models, drivers, suites or problems; store an "
+                             "incomplete run or one with failed cases as the reference")
     parser.add_argument("--level", type=float, default=0.95, help="confidence level of the ratio's CI")
     parser.add_argument("--out", metavar="DIR",
                         help="where verdict.json and summary.md go (default: the candidate's results dir)")
@@ -330,22 +299,16 @@ def _default_out(candidate: str) -> Path:
     return path if path.is_dir() else path.parent
 
 
-def gate_settings(args: argparse.Namespace, suite: str | None) -> dict:
-    """compare()'s keyword arguments from the command line and the suite's ``[gate]`` table (when the
-    suite still exists: a stored run may outlive its suite file)."""
-    from harness.core.suite import SuiteError, load_suite, suite_path
-
-    gate = None
-    if suite:
-        try:
-            suite_path(suite)
-        except SuiteError as exc:
-            print(f"gate: no per-suite thresholds ({exc})")
-        else:
-            gate = load_suite(suite).gate
-    default_pct = gate.threshold_pct if gate else DEFAULT_THRESHOLD_PCT
-    return {"threshold_pct": args.threshold if args.threshold is not None else default_pct,
-            "per_case": dict(gate.overrides) if gate else {}, "allow_missing": args.allow_missing,
+def gate_settings(args: argparse.Namespace, suite: str | None, stored: Mapping | None = None) -> dict:
+    """compare()'s keyword arguments: ``--threshold`` (finite, > 0), else the ``[gate]`` table of this
+    repository's suite named ``suite``, else the one recorded in ``stored`` (a stored reference)
+    (`harness.apps.gate.inputs.trusted_thresholds`)."""
+    default_pct, per_case, source = inputs.trusted_thresholds(suite, stored)
+    if args.threshold is not None:
+        default_pct, source = check_threshold(args.threshold, "--threshold"), "--threshold"
+    print(f"gate: default threshold {default_pct:g}% from {source}"
+          + (f", {len(per_case)} per-case overrides" if per_case else ""))
+    return {"threshold_pct": default_pct, "per_case": per_case, "allow_missing": args.allow_missing,
             "force": args.force, "level": args.level}
 
 
@@ -357,39 +320,63 @@ def report(verdict: Mapping, out_dir: str | os.PathLike) -> int:
     return verdict["exit_code"]
 
 
-def _gate_files(args: argparse.Namespace) -> int:
+def _load(path: str | os.PathLike) -> dict:
     from harness.core.results import load_results
 
-    candidate = load_results(args.candidate)
+    try:
+        return load_results(path)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _gate_files(args: argparse.Namespace) -> int:
+    candidate = _load(args.candidate)
+    gated_rows(candidate, str(args.candidate))  # malformed input: name the file and the field
     ref_path = stored_reference_path(candidate) if args.reference in (None, "auto") else Path(args.reference)
     code = EXIT_PASS
     if ref_path.exists():
-        verdict = compare(load_results(ref_path), candidate, **gate_settings(args, candidate.get("suite")))
+        reference = _load(ref_path)
+        gated_rows(reference, str(ref_path))
+        stored = ref_path.resolve().is_relative_to(inputs.REFERENCES_DIR.resolve())
+        verdict = compare(reference, candidate, **gate_settings(args, reference.get("suite"),
+                                                                reference if stored else None))
         verdict["reference"]["source"], verdict["candidate"]["source"] = str(ref_path), str(args.candidate)
         code = report(verdict, args.out or _default_out(args.candidate))
     elif not args.update_reference:
         print(f"gate: no reference at {ref_path}. To make this run the reference for its GPU and suite: "
-              f"python -m harness gate --candidate {args.candidate} --update-reference")
+              f"python -m harness gate --candidate {args.candidate} --update-reference", file=sys.stderr)
         return EXIT_UNUSABLE
     if args.update_reference:  # a deliberate refresh: the comparison above was for information
-        stored = store_reference(candidate, str(args.candidate))
+        stored_path = store_reference(candidate, str(args.candidate), force=args.force)
         print(f"gate: stored run {candidate.get('run_id')} as the reference for "
-              f"{_env_value(candidate, 'gpu_name') or 'no GPU'} / {candidate.get('suite')} in {stored} "
+              f"{env_value(candidate, 'gpu_name') or 'no GPU'} / {candidate.get('suite')} in {stored_path} "
               "(commit it to make CI gate against it)")
         return EXIT_PASS
     return code
 
 
+def _gate_ab(args: argparse.Namespace) -> int:
+    """``gate --ab REV_A REV_B --suite NAME``: time both revisions (`abtest.run`), then gate B against A."""
+    try:
+        settings = abtest.AbSettings.from_args(args)
+        results = abtest.run(settings)
+        verdict = compare(results["a"], results["b"], **gate_settings(args, settings.suite))
+    except (abtest.AbTestError, OSError, ValueError) as exc:
+        print(f"gate --ab: {exc}")
+        return EXIT_UNUSABLE
+    verdict["reference"]["source"], verdict["candidate"]["source"] = f"{settings.rev_a} (a)", f"{settings.rev_b} (b)"
+    return report(verdict, settings.out)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.ab:
-        from harness.apps.gate import abtest
-
-        return abtest.run(args)
+        return _gate_ab(args)
     if not args.candidate or not (args.reference or args.update_reference):
-        print("gate: give --candidate and --reference (or --update-reference), or --ab REV_A REV_B --suite NAME")
+        print("error: gate: give --candidate and --reference (or --update-reference), or --ab REV_A REV_B "
+              "--suite NAME", file=sys.stderr)
         return EXIT_UNUSABLE
     try:
         return _gate_files(args)
     except (OSError, ValueError) as exc:
-        print(f"gate: unusable input: {exc}")
+        print(f"error: gate: unusable input: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
