@@ -27,6 +27,11 @@ from baselines.problem import Problem
 
 Rule = Callable[[torch.Tensor, torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
 FLEX_BLOCK_SIZE = 128  # Flex's default; block-level densities below are quoted at this granularity
+# Up to this many (query, key) pairs a block mask is built eagerly: the dense [L, L] mask and the mask
+# function's integer intermediates fit in GPU memory (2048x2048: 285 M pairs, ~10 GB at peak), and this
+# skips create_block_mask's torch.compile, which took 78 s cold on an H100 (in every ncu subprocess too).
+# Above it (4096x4096: 4.4 G pairs) only the compiled, tiled build fits.
+EAGER_BLOCK_MASK_PAIRS = 2**29
 # Each (problem, mask) pair compiles its own Flex graph; the dynamo default (8) would silently fall back
 # to eager Flex partway through a suite. Raise it, and make hitting it an error rather than a slow run.
 RECOMPILE_LIMIT = 256
@@ -114,11 +119,15 @@ def block_mask_for(mask: TokenMask, device: torch.device) -> tuple[object, float
         return _BLOCK_MASKS[key], 0.0
     start = time.perf_counter()
     block_mask = create_block_mask(mask.mask_mod(device), None, None, mask.seq_len, mask.seq_len,
-                                   device=device, BLOCK_SIZE=FLEX_BLOCK_SIZE, _compile=device.type == "cuda")
+                                   device=device, BLOCK_SIZE=FLEX_BLOCK_SIZE, _compile=_compile_block_mask(mask, device))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     _BLOCK_MASKS[key] = block_mask
     return block_mask, (time.perf_counter() - start) * 1e3
+
+
+def _compile_block_mask(mask: TokenMask, device: torch.device) -> bool:
+    return device.type == "cuda" and mask.seq_len ** 2 > EAGER_BLOCK_MASK_PAIRS
 
 
 def block_computed_pairs(block_mask) -> int:

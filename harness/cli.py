@@ -197,7 +197,8 @@ def _gate_verdict(results_dir, compare_dir) -> dict:
     stored = Path(compare_dir).resolve().is_relative_to(inputs.REFERENCES_DIR.resolve())
     try:
         threshold_pct, per_case, _ = inputs.trusted_thresholds(reference.get("suite"), reference if stored else None)
-        verdict = compare(reference, candidate, threshold_pct=threshold_pct, per_case=per_case)
+        mode, _ = inputs.trusted_mode(reference.get("suite"), reference if stored else None)
+        verdict = compare(reference, candidate, threshold_pct=threshold_pct, per_case=per_case, mode=mode)
     except ValueError as exc:
         raise BadInput(f"the gate cannot compare {results_dir} with {compare_dir}: {exc}") from None
     verdict["reference"]["source"], verdict["candidate"]["source"] = str(compare_dir), str(results_dir)

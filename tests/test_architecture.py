@@ -46,7 +46,7 @@ def tree_copy(tmp_path_factory):
 @pytest.mark.parametrize("module, back_edge, contract", [
     ("harness/measure/stats.py", "import harness.core.results", "layers"),
     ("harness/core/results.py", "import harness.apps.tune", "layers"),
-    ("harness/apps/tune.py", "import harness.apps.gate.compare", "applications never import each other"),
+    ("harness/apps/tune/command.py", "import harness.apps.gate.compare", "applications never import each other"),
     ("reports/run.py", "import harness.core.runner", "reports read results only"),
     ("baselines/problem.py", "import harness.measure.stats", "layers"),
 ])

@@ -383,7 +383,7 @@ def test_the_input_estimate_is_the_bytes_of_q_k_v_and_the_output(dtype):
 def test_row13_tune_on_a_cpu_refuses_at_once_unless_asked_to_run_anyway(monkeypatch, capsys, tmp_path, argv, tunes):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     calls = []
-    monkeypatch.setattr(tune, "tune", lambda *args, **kwargs: calls.append(args) or ([], tmp_path / "r.json"))
+    monkeypatch.setattr(tune.command, "tune", lambda *args, **kwargs: calls.append(args) or ([], tmp_path / "r.json"))
     assert cli.main(["tune", *argv, "--out", str(tmp_path / "t")]) == (0 if tunes else 2)
     if tunes:
         assert len(calls) == 1 and calls[0][-1] is False  # results only: nothing stored for 'cpu'

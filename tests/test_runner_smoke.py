@@ -173,6 +173,45 @@ def test_ok_rows_have_samples_correctness_setup_and_speedups(fake_run):
         assert "permute" not in row["setup_ms"]  # row-major: nothing to gather
 
 
+def test_timed_rows_carry_sample_times_rounds_conditions_and_the_run_schedule(fake_run):
+    _, results = fake_run
+    timed = [row for row in results["cases"] if row.get("samples_ms")]
+    assert timed
+    for row in timed:
+        n = len(row["samples_ms"])
+        assert len(row["samples_t_s"]) == len(row["samples_round"]) == n
+        assert all(a < b for a, b in zip(row["samples_t_s"], row["samples_t_s"][1:]))  # increasing in a case
+        assert row["samples_round"] == sorted(row["samples_round"]) and row["samples_t_s"][0] >= 0
+        assert row["ci_method"] == "block-bootstrap-rounds"
+        assert row["conditions"]["status"] == "unavailable"  # no NVML on CPU: the reason instead
+    schedule = results["schedule"]
+    assert schedule["kind"] == "interleaved-single-call" and schedule["rounds"] == 3
+    for group, orders in results["schedule_orders"].items():
+        cases = schedule["cases"][group]
+        assert len(orders) == 3 and all(sorted(order) == list(range(len(cases))) for order in orders)
+        grouped = [row for row in timed if row["problem"]["resolution"] == group]
+        assert {row["case"] for row in grouped} == set(cases)
+    later = [row["samples_t_s"][0] for row in timed if row["problem"]["resolution"] == "128x64"]
+    earlier = [row["samples_t_s"][-1] for row in timed if row["problem"]["resolution"] == "128x128"]
+    assert min(later) > max(earlier)  # one clock for the whole run
+
+
+def test_a_timed_row_is_written_before_its_later_stages(tmp_path, monkeypatch):
+    from harness.core.runner import SuiteRun
+
+    def interrupt(self, item):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SuiteRun, "_per_case_metrics", interrupt)
+    suite = fake_suite(tmp_path, [FAKES["fake_band"][1], FAKES["fake_dense"][1]])
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(suite, tmp_path / "run", device="cpu", progress=False)
+    rows = load_results(tmp_path / "run")["cases"]
+    assert {row["case"] for row in rows} == {"128x128/fake_band/layer0", "128x128/fake_band/layer1",
+                                             "128x128/fake_dense/layer0"}
+    assert all(len(row["samples_ms"]) == 3 for row in rows)
+
+
 def test_failures_say_why(fake_run):
     _, results = fake_run
     wrong, half = rows_of(results, "fake_wrong")[0], rows_of(results, "fake_half")[0]

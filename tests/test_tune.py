@@ -152,7 +152,7 @@ def test_a_candidate_that_fails_while_timed_is_dropped_and_the_rest_still_timed(
 def test_the_default_is_kept_when_it_wins_the_head_to_head(fake_kernel, monkeypatch):
     """A config that looked faster in the coarse and refine passes but loses the final pass is not stored."""
     final_started = []
-    time_pass = tune._time
+    time_pass = tune.search._time
 
     def record_final(candidates, policy, device, stage):
         final_started.append(stage == "final")
@@ -163,7 +163,7 @@ def test_the_default_is_kept_when_it_wins_the_head_to_head(fake_kernel, monkeypa
             time.sleep(0.05)
         return dense(q, k, v)
 
-    monkeypatch.setattr(tune, "_time", record_final)
+    monkeypatch.setattr(tune.search, "_time", record_final)
     target = fake_kernel({FAKE_DEFAULT: sleepy, KernelConfig(64, 32, 4, 1): fast_until_final})
     (tp,) = target.problems(None)
     outcome = tune.tune_problem(target, tp, target.space(16, "full"), FAST_PLAN, torch.device("cpu"),

@@ -25,6 +25,8 @@ LAYERED_CATEGORIES = frozenset({"hilberta", "control"})
 QUICK_TIMING = MappingProxyType({"warmup_ms": 5.0, "min_samples": 3, "max_samples": 10, "budget_ms": 30.0,
                                  "rounds": 1})
 QUICK_POWER_WINDOW_S = 0.25
+GATE_MODES = ("absolute", "ratio", "both")  # how the gate compares runs (harness.apps.gate)
+AA_SUFFIX = "~aa"  # method / case name suffix of an A/A control twin
 
 
 # ---- parsed pieces ---------------------------------------------------------------------------------------
@@ -55,15 +57,25 @@ class CaseSpec:
     method: Method
     spec: Mapping
     group: str = "main"
+    twin: bool = False  # an A/A control: the same method timed a second time under another name
+
+    @property
+    def method_name(self) -> str:
+        return self.method.name + (AA_SUFFIX if self.twin else "")
 
     @property
     def case_id(self) -> str:
-        return f"{self.problem.resolution}/{self.method.name}/layer{self.problem.layer}"
+        return f"{self.problem.resolution}/{self.method_name}/layer{self.problem.layer}"
+
+    @property
+    def aa_of(self) -> str | None:
+        """The case id of the original when this case is an A/A twin."""
+        return replace(self, twin=False).case_id if self.twin else None
 
     def to_dict(self) -> dict:
         """JSON-able description, enough for a subprocess to rebuild the case (ncu's target, the A/B worker)."""
         return {"case": self.case_id, "method": dict(self.spec), "method_name": self.method.name,
-                "problem": self.problem.to_dict(), "group": self.group}
+                "problem": self.problem.to_dict(), "group": self.group, "twin": self.twin}
 
     @classmethod
     def from_dict(cls, payload: Mapping) -> CaseSpec:
@@ -71,7 +83,7 @@ class CaseSpec:
         return cls(problem_from_dict(payload["problem"]), registry.resolve(payload["method"]),
                    MappingProxyType(dict(payload["method"]) if isinstance(payload["method"], Mapping)
                                     else {"method": payload["method"]}),
-                   payload.get("group", "main"))
+                   payload.get("group", "main"), payload.get("twin", False))
 
 
 def problem_from_dict(data: Mapping) -> Problem:
@@ -94,9 +106,24 @@ class MetricScope:
 
 
 @dataclass(frozen=True)
+class AAControl:
+    """``[control]``: methods timed twice in their group (A/A twins) and the limit their ratio must stay in."""
+
+    methods: tuple[str, ...] = ()
+    limit_pct: float = 1.5
+
+    def covers(self, case: CaseSpec) -> bool:
+        return any(method_matches(name, case.method, case.spec) for name in self.methods)
+
+    def to_dict(self) -> dict:
+        return {"aa": list(self.methods), "aa_limit_pct": self.limit_pct}
+
+
+@dataclass(frozen=True)
 class GateThresholds:
     threshold_pct: float = 5.0
     overrides: Mapping[str, float] = field(default_factory=dict)  # case-id glob -> percent
+    mode: str = "absolute"  # one of GATE_MODES
 
     def threshold_for(self, case_id: str) -> float:
         """The first override whose glob matches the case, else the suite threshold."""
@@ -106,7 +133,7 @@ class GateThresholds:
         return self.threshold_pct
 
     def to_dict(self) -> dict:
-        return {"threshold_pct": self.threshold_pct, "overrides": dict(self.overrides)}
+        return {"threshold_pct": self.threshold_pct, "overrides": dict(self.overrides), "mode": self.mode}
 
 
 @dataclass(frozen=True)
@@ -128,6 +155,7 @@ class Suite:
     locality: Mapping  # keyword arguments of baselines.locality.locality
     e2e: Mapping | None
     gate: GateThresholds
+    control: AAControl = AAControl()
 
     def problems(self) -> list[Problem]:
         """One problem per resolution, at layer 0."""
@@ -148,15 +176,18 @@ class Suite:
         return entries
 
     def cases(self) -> list[CaseSpec]:
-        """problems x methods x phases, grouped by problem; a method reached twice is measured once."""
+        """problems x methods x phases, grouped by problem; a method reached twice is measured once. The A/A
+        twins of ``[control] aa`` methods close each problem's group (timed in the same rounds)."""
         cases, seen = [], set()
         for problem in self.problems():
+            group = []
             for entry in self.entries_for(problem):
                 for layer in self.entry_layers(entry):
                     case = CaseSpec(replace(problem, layer=layer), entry.method, entry.spec, entry.group)
                     if case.case_id not in seen:
                         seen.add(case.case_id)
-                        cases.append(case)
+                        group.append(case)
+            cases += group + [replace(case, twin=True) for case in group if self.control.covers(case)]
         return cases
 
     def select(self, methods: Iterable[str] | None = None, resolutions: Iterable[str] | None = None,
@@ -182,7 +213,7 @@ class Suite:
         return {"name": self.name, "path": str(self.path), "description": self.description,
                 "metrics": sorted(self.metrics), "timing": dict(self.timing),
                 "correctness": self.correctness.to_dict(),
-                "gate": self.gate.to_dict()}
+                "gate": self.gate.to_dict(), "control": self.control.to_dict()}
 
 
 def _select_methods(entries: tuple[MethodEntry, ...], names: list[str]) -> list[MethodEntry]:

@@ -4,9 +4,11 @@ For each problem (one resolution) every case is first made ready on its own thro
 (`harness.core.lifecycle`: availability, prepare with ``setup_ms.layout``, the first call with
 ``setup_ms.first_call``, the correctness check against the exact reference), then its permutation cost and
 locality. Then all ready cases of the problem are timed *together* (`time_group`, the one place the runner
-times: `harness.measure.timing.time_interleaved`) while NVML samples clocks, and each gets its power, memory traffic and a clock snapshot where the suite asks.
-Anything that goes wrong in one case (an exception, out of memory) becomes that case's row with a reason;
-the run goes on. ``results.json`` is rewritten after every case (`harness.core.results.ResultsFile`).
+times: `harness.measure.timing.time_interleaved`) under NVML sampling; each timed row (samples, their
+start times and rounds, the conditions of its own calls) is written at once, A/A twins are compared with
+their originals (``aa_pairs``), then one interleaved energy measurement per group and the traffic update
+the rows in place. Ceilings once per run on CUDA. A case that goes wrong (an exception, out of memory)
+becomes its row with a reason; the run goes on; ``results.json`` is rewritten after every change.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import groupby
@@ -31,8 +32,9 @@ from harness.core.paths import RESULTS_ROOT, claim_run_dir
 from harness.core.progress import Progress
 from harness.core.results import PYTEST_BENCHMARK_NAME, RESULTS_NAME, ResultsFile, export_pytest_benchmark, utc_now
 from harness.core.schema import Row
+from harness.core.summary import console_table, exit_status, print_summary  # noqa: F401  (the runner's API)
 from harness.core.suite import SUITES_DIR
-from harness.measure import derived, stats, timing
+from harness.measure import derived, power, stats, timing
 from harness.measure.power import unavailable
 
 # The permutation gather is small next to attention: a short budget of its own.
@@ -127,6 +129,7 @@ class SuiteRun:
         self.progress = Progress(sum(self._weight(case) for case in self.cases), label=suite.name,
                                  enabled=progress)
         self._permute_ms: dict[str, float] = {}
+        self._run_origin_s: float | None = None  # host time at which the run's first timed group began
 
     def _weight(self, case: CaseSpec) -> int:
         weight = STAGE_WEIGHTS["prepare"] + STAGE_WEIGHTS["timing"] * ("timing" in self.suite.metrics)
@@ -140,6 +143,7 @@ class SuiteRun:
     def run(self) -> Path:
         self.progress.message(f"{self.suite.name}: {len(self.cases)} cases on {self.device} -> {self.out_dir}")
         self.results.write_env(self._environment())
+        self._ceilings()
         complete = False
         try:
             for _, group in groupby(self.cases, key=lambda case: case.problem.resolution):
@@ -155,12 +159,25 @@ class SuiteRun:
 
     def _environment(self) -> dict:
         fingerprint, reason = optional("harness.measure.envinfo", "fingerprint")
-        if fingerprint is None:
-            return unavailable(reason)
         try:
-            return fingerprint(self.device)
+            return fingerprint(self.device) if fingerprint else unavailable(reason)
         except Exception as exc:
             return unavailable(f"fingerprint failed: {type(exc).__name__}: {exc}")
+
+    def _ceilings(self) -> None:
+        """Dense GEMM and copy ceilings of this card, once per run (absent off CUDA)."""
+        measure, reason = optional("harness.measure.ceilings", "measure_ceilings")
+        if self.device.type == "cuda":
+            try:
+                ceilings, reason = measure(self.device) if measure else (None, reason)
+            except Exception as exc:  # the ceilings are context for the report, never worth the run
+                ceilings, reason = None, f"{type(exc).__name__}: {exc}"
+            self.results.set(ceilings=ceilings) if ceilings else self.progress.message(f"no ceilings: {reason}")
+
+    def _record(self, row: dict) -> None:
+        """Write the row now: added the first time, updated in place afterwards."""
+        written = any(existing["case"] == row["case"] for existing in self.results.cases)
+        self.results.update_cases([row]) if written else self.results.add_case(row)
 
     def _run_problem(self, cases: list[CaseSpec]) -> None:
         problem = cases[0].problem
@@ -174,6 +191,8 @@ class SuiteRun:
         for case in cases:
             self.progress.step(f"prepare {case.case_id}")
             row = case_row(case)
+            if case.twin:
+                row.update(method=case.method_name, aa_of=case.aa_of, dense_reference=False)  # a control, no reference
             if inputs is None:
                 row.update(skipped)
             else:
@@ -187,6 +206,9 @@ class SuiteRun:
         if ready and "timing" in self.suite.metrics:
             self._time(ready)
         for item in ready:
+            self._record(item.row)
+        self._power(ready)
+        for item in ready:
             self._per_case_metrics(item)
             self._finish(item.row, 0)
         rows = [row for row in self.results.cases if row.get("kind") == "kernel"
@@ -196,7 +218,7 @@ class SuiteRun:
         release_memory(self.device)
 
     def _finish(self, row: dict, weight: int) -> None:
-        self.results.add_case(row)
+        self._record(row)
         self.progress.step(row["case"])
         note = row["status"] + (f": {row['reason']}" if row.get("reason") else "")
         if row.get("median_ms"):
@@ -260,7 +282,14 @@ class SuiteRun:
         calls = {item.case.case_id: item.state.call for item in ready}
         with torch.no_grad(), sampler or contextlib.nullcontext():
             result, failures = time_group(calls, self.policy, self.device, self._timing_progress)
-        during = sampler.summary() if sampler else unavailable(reason)
+        if sampler is not None and sampler.unavailable_reason is None and result is not None:
+            conditions = power.case_conditions(sampler.samples, {cid: result.windows(cid) for cid in result})
+        else:
+            reason = sampler.unavailable_reason if sampler is not None else reason
+            conditions = {cid: unavailable(reason) for cid in calls}
+        if result is not None:
+            self._schedule(ready[0].case.problem.resolution, result)
+            offset = result.origin_s - self._run_origin_s  # samples_t_s count from the run's first timed round
         for item in list(ready):
             cid = item.case.case_id
             if cid in failures:
@@ -268,24 +297,63 @@ class SuiteRun:
                 ready.remove(item)
                 self._finish(item.row, self._weight(item.case) - STAGE_WEIGHTS["prepare"])
                 continue
-            item.row.update(samples_ms=result[cid], **stats.summarize(result[cid]))
+            item.row.update(samples_ms=result[cid], samples_round=result.rounds[cid],
+                            samples_t_s=[offset + t for t in result.t_s[cid]],
+                            conditions=conditions[cid], **stats.summarize(result[cid], result.rounds[cid]))
             item.row["extra"]["timing"] = result.details[cid]
-            item.row["clocks"] = {"during_timing": during}
         self.progress.advance(STAGE_WEIGHTS["timing"] * len(ready), note="timed")
+        if result is not None:
+            self._compare_twins(ready, result)
+
+    def _schedule(self, group: str, result: timing.TimingResult) -> None:
+        """The run's schedule (fewest rounds of any group) and this group's case ids and round orders."""
+        self._run_origin_s = result.origin_s if self._run_origin_s is None else self._run_origin_s
+        rounds = min(result.schedule["rounds"], (self.results.data.get("schedule") or {}).get("rounds", 1 << 30))
+        schedule = {key: result.schedule[key] for key in ("kind", "l2_flush", "seed")}
+        cases = {**(self.results.data.get("schedule") or {}).get("cases", {}), group: list(result)}
+        orders = {**(self.results.data.get("schedule_orders") or {}), group: result.orders}
+        self.results.set(schedule={**schedule, "rounds": rounds, "cases": cases}, schedule_orders=orders)
+
+    def _compare_twins(self, ready: list[ReadyCase], result: timing.TimingResult) -> None:
+        """Each timed A/A twin against its original, timed in the same rounds -> results ``aa_pairs``."""
+        for original, twin in [(item.case.aa_of, item.case.case_id) for item in ready]:
+            if original not in result or twin not in result:  # not a twin (None), or one side failed
+                continue
+            pair = stats.aa_compare(result[original], result.rounds[original], result[twin], result.rounds[twin],
+                                    self.suite.control.limit_pct)
+            self.results.set(aa_pairs=[*(self.results.data.get("aa_pairs") or ()), {"a": original, "b": twin, **pair}])
 
     def _timing_progress(self, name: str, round_index: int, n_samples: int) -> None:
-        self.progress.step(f"timing round {round_index + 1}/{self.policy.rounds} {name} ({n_samples} samples)")
+        self.progress.step(f"timing round {round_index + 1}/{self.policy.round_range()[1]} {name} ({n_samples})")
 
-    def _power(self, item: ReadyCase, run: Callable[[], object]) -> dict:
-        return self.measures.power.measure_energy(run, self.device, self.suite.power_window_s)
+    def _power(self, ready: list[ReadyCase]) -> None:
+        """One interleaved energy measurement of the group's cases the power scope covers; rows updated."""
+        covered = [item for item in ready if "power" in self.suite.metrics and self.suite.power.covers(item.case)]
+        if not covered:
+            return
+        self.progress.step(f"power {len(covered)} cases of {covered[0].case.problem.resolution}")
+        measure, reason = (optional("harness.measure.energy", "measure_energy_interleaved")
+                           if self.measures.power is not None else (None, self.measures.power_reason))
+        calls = {item.case.case_id: item.state.call for item in covered}
+        try:
+            with torch.no_grad():
+                found = (measure(calls, self.device, self.policy, segment_s=self.suite.power_window_s / 2)
+                         if measure else dict.fromkeys(calls, unavailable(reason)))
+        except Exception as exc:  # the cases keep their timing; only power failed
+            found = dict.fromkeys(calls, {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"})
+            release_memory(self.device)
+        for item in covered:
+            item.row["power"] = found[item.case.case_id]
+        self.results.update_cases([item.row for item in covered])
+        self.progress.advance(STAGE_WEIGHTS["power"] * len(covered), note="power done")
 
     def _traffic(self, item: ReadyCase, run: Callable[[], object]) -> dict:
         return self.measures.traffic.measure_traffic(item.case.to_dict(), self.out_dir / "traffic")
 
-    PER_CASE_METRICS: ClassVar[dict] = {"power": _power, "traffic": _traffic}
+    PER_CASE_METRICS: ClassVar[dict] = {"traffic": _traffic}  # power: one measurement per group (`_power`)
 
     def _per_case_metrics(self, item: ReadyCase) -> None:
-        """Power and traffic where the suite's scope covers the case, then a clock snapshot."""
+        """Traffic where the suite's scope covers the case, then a clock snapshot."""
         row, case = item.row, item.case
         for metric, measure in self.PER_CASE_METRICS.items():
             if metric not in self.suite.metrics or not getattr(self.suite, metric).covers(case):
@@ -301,6 +369,7 @@ class SuiteRun:
                     row[metric] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
                     release_memory(self.device)
             self.progress.advance(STAGE_WEIGHTS[metric], note=f"{metric} done")
+            self._record(row)
         if self.device.type == "cuda":
             snapshot, reason = optional("harness.measure.power", "snapshot")
             row.setdefault("clocks", {})["after"] = snapshot(self.device) if snapshot else unavailable(reason)
@@ -329,45 +398,3 @@ def run_suite(suite: Suite, out_dir: str | Path | None = None, methods: list[str
         raise ValueError(f"device {device} was asked for, but torch sees no CUDA device here")
     out_dir, run_id = claim_run_dir(out_dir, suite.name, RESULTS_ROOT)  # before any case runs: exclusive
     return SuiteRun(suite, out_dir, device, run_id, progress=progress, e2e=e2e).run()
-
-
-def console_table(results: dict) -> str:
-    """The final table: resolution, method, status, median, CI, speedup vs the fastest dense, density."""
-    header = ("resolution", "method", "status", "median ms", "95% CI ms", "vs fastest dense", "density")
-    lines = [header]
-    for row in results["cases"]:
-        problem = row.get("problem") or {}
-        derived_row = row.get("derived") or {}
-        fastest = derived_row.get("fastest_dense")
-        speedup = (derived_row.get("speedup") or {}).get(fastest)
-        ci = row.get("ci95_ms")
-        layer = f" L{problem['layer']}" if problem.get("layer") else ""
-        layer += f" [{row['kind']}]" if row.get("kind", "kernel") != "kernel" else ""
-        density = (row.get("density") or {}).get("token")
-        lines.append((
-            str(problem.get("resolution", "")), f"{row.get('method') or row['case']}{layer}", row["status"],
-            f"{row['median_ms']:.4g}" if row.get("median_ms") else "",
-            f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci and None not in ci else "",
-            f"{speedup:.2f}x ({fastest})" if speedup else "",
-            f"{density:.1%}" if density is not None else "",
-        ))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
-    out.insert(1, "  ".join("-" * width for width in widths))
-    reasons = [f"  {row['case']}: {row['status']}: {row['reason']}" for row in results["cases"]
-               if row.get("reason")]
-    return "\n".join(out + (["", "reasons:", *reasons] if reasons else []))
-
-
-def exit_status(results: dict) -> int:
-    """1 when a case was incorrect or failed, else 0 (unavailable and skipped cases are not failures)."""
-    return int(any(row.get("status") in ("incorrect", "failed") for row in results["cases"]))
-
-
-def print_summary(results: dict, out_dir: Path, stream=None) -> None:
-    stream = stream or sys.stdout
-    print(console_table(results), file=stream)
-    if results.get("complete") is False:
-        print(f"\nINCOMPLETE: the run stopped before its end (complete: false); {len(results['cases'])} cases "
-              "recorded, the rest never ran", file=stream)
-    print(f"\nresults: {out_dir / RESULTS_NAME}", file=stream)

@@ -22,7 +22,8 @@ time; a mistake raises `SuiteError` naming it and its line in the file::
     [locality]      # radii, sample (baselines.locality)
     [density_sweep] # methods with list-valued parameters, expanded into every combination
     [e2e]           # harness.apps.e2e's settings (checked by the check `load_suite` is given)
-    [gate]          # threshold_pct and per-case overrides (glob -> percent)
+    [gate]          # threshold_pct, per-case overrides (glob -> percent), mode = "absolute" | "ratio" | "both"
+    [control]       # aa = ["hilberta_t16"]: methods timed twice per problem (A/A twins), aa_limit_pct = 1.5
 
 A method entry is a registry spec (`baselines.registry.resolve`) plus the harness-only key ``layers``.
 """
@@ -42,7 +43,9 @@ from baselines.validate import Invalid, boolean, choice, integer, list_of, numbe
 from baselines.validate import text as string
 from harness import PROJECT_ROOT
 from harness.core.cases import (  # noqa: F401  (re-exported: the suite API is one import)
+    GATE_MODES,
     LAYERED_CATEGORIES,
+    AAControl,
     CaseSpec,
     GateThresholds,
     MethodEntry,
@@ -167,7 +170,8 @@ SCHEMA = _Table(
     locality=_Table(radii=list_of(integer(1), non_empty=True), sample=integer(1)),
     density_sweep=_Table(methods=list_of(table, non_empty=True), layers=SCOPE["layers"]),
     e2e=table,
-    gate=_Table(threshold_pct=number(0, strict=True), overrides=table),
+    gate=_Table(threshold_pct=number(0, strict=True), overrides=table, mode=choice(GATE_MODES)),
+    control=_Table(aa=list_of(string, unique=True), aa_limit_pct=number(0, strict=True)),
 )
 
 
@@ -278,6 +282,11 @@ class _Loader:
         except ValueError as exc:
             raise self.error(("timing",), f"timing: {exc}", [_key_pattern("timing")]) from None
         power = values.get("power", {})
+        control = values.get("control", {})
+        for name in control.get("aa", ()):
+            if not any(entry.matches(name) for entry in methods):
+                raise self.error(("control",), f"control.aa: {name!r} is not a method of this suite",
+                                 [_key_pattern("aa"), _value_pattern(name)], [_key_pattern("aa")])
         for name, check in self.sections.items():
             if name in values:
                 self.check_section(name, values[name], check)
@@ -300,7 +309,9 @@ class _Loader:
             traffic=MetricScope(**values.get("traffic", {})),
             locality=MappingProxyType(dict(values.get("locality", {}))),
             e2e=MappingProxyType(values["e2e"]) if "e2e" in values else None,
-            gate=GateThresholds(gate.get("threshold_pct", 5.0), MappingProxyType(overrides)),
+            gate=GateThresholds(gate.get("threshold_pct", 5.0), MappingProxyType(overrides),
+                                gate.get("mode", GateThresholds.mode)),
+            control=AAControl(tuple(control.get("aa", ())), control.get("aa_limit_pct", AAControl.limit_pct)),
         )
 
 

@@ -1,7 +1,7 @@
 """Block-size tuning (rows of kind "tune"): which launch configuration was stored, by what rule, and a
 heatmap of every configuration with the stored (★) and default (D) cells marked.
 
-The rule (harness/apps/tune.py): a coarse pass times every correct candidate, the top k plus the default
+The rule (harness/apps/tune/search.py): a coarse pass times every correct candidate, the top k plus the default
 are timed again and the fastest median wins, then the winner and the default are timed head to head and
 the default is kept if it wins. So the stored configuration is not "the lowest number in the heatmap": a
 coarse-pass median with few samples can look faster. The heatmap shows each configuration's last pass.

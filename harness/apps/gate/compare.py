@@ -2,23 +2,28 @@
 
 `compare` matches the timed rows (kind ``kernel`` or ``e2e``) of two results files by their ``case`` id and
 gives each case one outcome (`OUTCOMES`). A case regresses only when the *whole* bootstrap confidence
-interval of the ratio of medians (candidate / reference, from the raw ``samples_ms``) lies above
-``1 + threshold`` AND a Mann-Whitney U test agrees (p < `ALPHA`): noise alone, or a change smaller than the
-threshold, never fails a merge (asv's rule, with a CI instead of a bare ratio). Incorrect output, a case that
-ran in the reference but fails or vanishes in the candidate, also fail. Runs from different GPU models or
-drivers, of different suites, or whose rows of one case id are different problems are refused (exit 2)
-unless forced: their timings say nothing about the code. Malformed input is refused with the file and
+interval of the ratio candidate / reference lies above ``1 + threshold`` AND a Mann-Whitney U test agrees
+(p < `ALPHA`): noise alone, or a change smaller than the threshold, never fails a merge (asv's rule, with a
+CI instead of a bare ratio). The suite's ``[gate] mode`` (or ``--mode``) applies the rule to absolute
+times, to times relative to the in-run anchor (the fastest dense kernel of the problem: clock drift between
+runs cancels), or to both at once (`harness.apps.gate.ratio`). Incorrect output, a case that ran in the
+reference but fails or vanishes in the candidate, also fail. Runs from different GPU models or drivers, of
+different suites, or whose rows of one case id are different problems are refused (exit 2) unless forced:
+their timings say nothing about the code. A run whose A/A control (one method timed twice) disagreed with
+itself is unusable (exit 2, never forced): it measured noise. Malformed input is refused with the file and
 field (`harness.apps.gate.inputs`). A run that stopped early (``complete: false``) is named in the verdict.
 
 References live in ``suites/references/<gpu-slug>/<suite>.json`` (see suites/references/README.md);
 ``--reference auto`` picks the one for the candidate's GPU and suite, and ``--update-reference`` stores
 the candidate there, on purpose and saying so (an incomplete run, or one with failed cases, only with
-``--force``). The default threshold comes from ``--threshold`` (finite, > 0), else the ``[gate]`` table of
-this repository's suite of that name, else the one a stored reference recorded; never from a suite path
-that a results file names. ``[gate.overrides]`` (case-id glob -> percent) set per-case thresholds.
+``--force``). The default threshold and the mode come from ``--threshold`` (finite, > 0) and ``--mode``,
+else the ``[gate]`` table of this repository's suite of that name, else the one a stored reference
+recorded; never from a suite path that a results file names. ``[gate.overrides]`` (case-id glob ->
+percent) set per-case thresholds.
 
-Outputs: exit code (0 pass, 1 fail, 2 unusable input or refused), ``verdict.json``, ``summary.md`` (a
-markdown table for ``$GITHUB_STEP_SUMMARY``, worst case first), and the same table printed.
+Outputs: exit code (0 pass, 1 fail, 2 unusable input or refused), ``verdict.json`` (the mode, the anchors,
+and per case the absolute and the anchored numbers), ``summary.md`` (a markdown table for
+``$GITHUB_STEP_SUMMARY``, worst case first), and the same table printed.
 A/B mode (``--ab REV_A REV_B``) times two git revisions on one card and gates them the same way
 (`harness.apps.gate.abtest`).
 """
@@ -34,12 +39,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.apps.gate import abtest, inputs
+from harness.apps.gate import abtest, inputs, ratio
 from harness.apps.gate.inputs import (DEFAULT_THRESHOLD_PCT, check_threshold, env_value, gated_rows,
                                       is_incomplete, is_incorrect, run_info, stored_reference_path)
+from harness.apps.gate.ratio import ALPHA, DEFAULT_MODE, MODES
 
-ALPHA = 0.01  # Mann-Whitney significance a regression or improvement must also reach
-N_BOOT = 4000  # bootstrap resamples for the ratio's confidence interval
 EXIT_PASS, EXIT_FAIL, EXIT_UNUSABLE = 0, 1, 2
 
 
@@ -73,37 +77,8 @@ def _matches_any(case: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(case, pattern) for pattern in patterns)
 
 
-def _timed_outcome(ref: Mapping, cand: Mapping, threshold_pct: float, level: float, seed: int) -> dict:
-    from harness.measure import stats
-
-    ref_ms, cand_ms = list(ref.get("samples_ms") or []), list(cand.get("samples_ms") or [])
-    fields: dict = {"ref_n": len(ref_ms), "cand_n": len(cand_ms)}
-    # the smallest p the test can give with these counts: that of two sets that do not overlap at all
-    best_p = stats.mann_whitney_u(range(len(ref_ms)), range(len(ref_ms), len(ref_ms) + len(cand_ms))) \
-        if ref_ms and cand_ms else 1.0
-    if best_p >= ALPHA:
-        return {**fields, "outcome": "inconclusive", "ref_median_ms": ref.get("median_ms"),
-                "cand_median_ms": cand.get("median_ms"),
-                "reason": f"{len(ref_ms)} + {len(cand_ms)} samples cannot reach p < {ALPHA}"}
-    ratio, lo, hi = stats.ratio_ci(ref_ms, cand_ms, level=level, n_boot=N_BOOT, seed=seed)
-    p_value = stats.mann_whitney_u(ref_ms, cand_ms)
-    bound = threshold_pct / 100.0
-    if lo > 1.0 + bound and p_value < ALPHA:
-        outcome = "regression"
-    elif hi < 1.0 - bound and p_value < ALPHA:
-        outcome = "improvement"
-    else:
-        outcome = "unchanged"
-    change = (ratio - 1.0) * 100.0
-    return {**fields, "outcome": outcome, "ratio": ratio, "ci": [lo, hi], "p_value": p_value,
-            "ref_median_ms": stats.summarize(ref_ms)["median_ms"],
-            "cand_median_ms": stats.summarize(cand_ms)["median_ms"],
-            "reason": f"{abs(change):.1f}% {'slower' if change >= 0 else 'faster'} "
-                      f"(CI {(lo - 1) * 100:+.1f}%..{(hi - 1) * 100:+.1f}%), p={p_value:.2g}"}
-
-
-def _case_outcome(ref: Mapping | None, cand: Mapping | None, threshold_pct: float, allowed_missing: bool,
-                  level: float, seed: int) -> dict:
+def _untimed_outcome(ref: Mapping | None, cand: Mapping | None, allowed_missing: bool) -> dict | None:
+    """The outcome of a case that is not timed in both runs (None when it is: `ratio.timed_outcome`)."""
     if cand is not None and is_incorrect(cand):
         return {"outcome": "incorrect", "reason": cand.get("reason") or "correctness check failed"}
     if ref is None:
@@ -119,26 +94,26 @@ def _case_outcome(ref: Mapping | None, cand: Mapping | None, threshold_pct: floa
         if cand.get("status") == "unavailable" and allowed_missing:
             return {"outcome": "missing-allowed", "reason": reason}
         return {"outcome": "failed", "reason": reason}
-    return _timed_outcome(ref, cand, threshold_pct, level, seed)
+    return None
 
 
 # ---- the comparison -------------------------------------------------------------------------------------
 
-def _refusal(reference: Mapping, candidate: Mapping, message: str) -> dict:
-    return {"schema": 1, "verdict": "refused", "exit_code": EXIT_UNUSABLE, "message": message,
+def _refusal(reference: Mapping, candidate: Mapping, message: str, verdict: str = "refused") -> dict:
+    return {"schema": 1, "verdict": verdict, "exit_code": EXIT_UNUSABLE, "message": message,
             "reference": run_info(reference), "candidate": run_info(candidate), "cases": [], "counts": {}}
 
 
 def _aa_disagreement(reference: Mapping, candidate: Mapping) -> str | None:
     """A run whose A/A control (one method timed twice) disagreed with itself measured noise, not code."""
-    for label, results in (("reference", reference), ("candidate", candidate)):
-        bad = [pair for pair in results.get("aa_pairs") or ()
-               if isinstance(pair, Mapping) and pair.get("agree") is False]
-        if bad:
-            return (f"the {label}'s A/A control disagreed with itself ({bad[0].get('a')} vs {bad[0].get('b')}: "
-                    f"ratio {bad[0].get('ratio')}, limit {bad[0].get('limit_pct')} %): its timings are too noisy "
-                    "to gate on; re-run it, or pass --force.")
-    return None
+    named = [f"the {label}'s {inputs.describe_aa_pair(pair)}"
+             for label, results in (("reference", reference), ("candidate", candidate))
+             for pair in inputs.aa_disagreements(results)]
+    if not named:
+        return None
+    return (f"Unusable: the A/A control disagreed with itself ({'; '.join(named)}): the same method timed "
+            "twice in one run differed beyond the limit, so its timings cannot show a change of the code. "
+            "Re-run it.")
 
 
 def _incomplete_note(reference: Mapping, candidate: Mapping) -> str | None:
@@ -152,41 +127,49 @@ def _incomplete_note(reference: Mapping, candidate: Mapping) -> str | None:
 
 def compare(reference: Mapping, candidate: Mapping, threshold_pct: float = DEFAULT_THRESHOLD_PCT,
             per_case: Mapping[str, float] | None = None, allow_missing: Iterable[str] = (),
-            force: bool = False, level: float = 0.95, seed: int = 0) -> dict:
-    """Gate ``candidate`` against ``reference`` (both loaded results dicts); returns the verdict dict.
+            force: bool = False, level: float = 0.95, seed: int = 0, mode: str = DEFAULT_MODE) -> dict:
+    """Gate ``candidate`` against ``reference`` (both loaded results dicts) in ``mode`` (`MODES`); returns the
+    verdict dict.
 
     ``per_case`` maps case-id globs to thresholds (percent) that override ``threshold_pct`` (the first
     match wins, as in a suite's ``[gate.overrides]``);
     ``allow_missing`` holds case ids or glob patterns that may be absent (or unavailable) in the candidate.
     The verdict's ``exit_code`` is 0 (pass), 1 (fail) or 2 (refused: different GPU/driver, suite or problems,
-    an A/A control that disagreed, nothing to compare). Malformed input raises ValueError naming the field.
+    nothing to compare; unusable: an A/A control that disagreed). Malformed input raises ValueError naming
+    the field.
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
+    ratio.check_mode(mode, "mode")
     from harness.core.cases import GateThresholds
 
     thresholds = GateThresholds(check_threshold(threshold_pct, "threshold"),
                                 {k: check_threshold(v, f"threshold of {k!r}") for k, v in (per_case or {}).items()})
     allow_missing = tuple(allow_missing)
     ref_rows, cand_rows = gated_rows(reference, "the reference"), gated_rows(candidate, "the candidate")
+    noisy = _aa_disagreement(reference, candidate)
+    if noisy:
+        return _refusal(reference, candidate, noisy, verdict="unusable")
     mismatches = [m for m in (inputs.env_mismatch(reference, candidate),
-                              inputs.fingerprint_mismatch(reference, candidate, ref_rows, cand_rows),
-                              _aa_disagreement(reference, candidate)) if m]
+                              inputs.fingerprint_mismatch(reference, candidate, ref_rows, cand_rows)) if m]
     if mismatches and not force:
         return _refusal(reference, candidate, f"Refused: {mismatches[0]}")
     if not ref_rows and not cand_rows:
         return _refusal(reference, candidate, "Refused: neither run has kernel or e2e cases to compare.")
 
-    cases = []
+    ref_anchors, cases = ratio.anchors(ref_rows), []
     for case in [*ref_rows, *(c for c in cand_rows if c not in ref_rows)]:
         ref, cand = ref_rows.get(case), cand_rows.get(case)
         threshold = thresholds.threshold_for(case)
         row = ref or cand
+        outcome = (_untimed_outcome(ref, cand, _matches_any(case, allow_missing))
+                   or ratio.timed_outcome(ref, cand, ref_anchors.get(ratio.anchor_key(row)), ref_rows, cand_rows,
+                                          mode, threshold, level, seed))
         entry = {"case": case, "kind": row.get("kind"), "method": row.get("method"), "threshold_pct": threshold,
-                 **_case_outcome(ref, cand, threshold, _matches_any(case, allow_missing), level, seed)}
+                 **outcome}
         entry["fails"] = OUTCOMES[entry["outcome"]].fails
         cases.append(entry)
-    cases.sort(key=lambda e: (OUTCOMES[e["outcome"]].rank, -(e.get("ratio") or 0.0), e["case"]))
+    cases.sort(key=lambda e: (OUTCOMES[e["outcome"]].rank, -(ratio.deciding_ratio(e, mode) or 0.0), e["case"]))
 
     counts = Counter(e["outcome"] for e in cases)
     failing = sum(e["fails"] for e in cases)
@@ -195,13 +178,15 @@ def compare(reference: Mapping, candidate: Mapping, threshold_pct: float = DEFAU
     incomplete = _incomplete_note(reference, candidate)
     message = (f"{'PASS' if passed else 'FAIL'}: {failing} of {len(cases)} cases fail ({tally})"
                + (f". {incomplete}" if incomplete else ""))
-    warnings = [f"Forced: {m}" for m in mismatches] + ([incomplete] if incomplete else [])
+    warnings = ([f"Forced: {m}" for m in mismatches] + ([incomplete] if incomplete else [])
+                + ratio.anchor_warnings(mode, cases))
     return {"schema": 1, "verdict": "pass" if passed else "fail", "exit_code": EXIT_PASS if passed else EXIT_FAIL,
             "message": message, "warning": " ".join(warnings) or None, "forced": bool(mismatches),
             "incomplete": [label for label, r in (("reference", reference), ("candidate", candidate))
                            if is_incomplete(r)],
             "threshold_pct": threshold_pct, "per_case_thresholds": dict(thresholds.overrides),
-            "allow_missing": list(allow_missing), "alpha": ALPHA, "level": level,
+            "allow_missing": list(allow_missing), "alpha": ALPHA, "level": level, "mode": mode,
+            "anchors": ratio.anchor_table(ref_rows, cand_rows),
             "reference": run_info(reference), "candidate": run_info(candidate), "counts": dict(counts),
             "cases": cases}
 
@@ -212,6 +197,23 @@ def _fmt(value, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
 
+def _ci(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
+def _note(entry: Mapping, mode: str) -> str:
+    anchored = entry.get("anchored") or {}
+    if entry.get("ratio") is None:
+        note = entry.get("reason") or ""
+    elif anchored.get("outcome") == "n/a" and mode != "absolute":
+        note = f"judged on absolute time: {anchored['reason']}"
+    elif mode == "both" and anchored.get("outcome") != entry.get("absolute_outcome"):
+        note = f"absolute: {entry.get('absolute_outcome')}, vs anchor: {anchored.get('outcome')}"
+    else:
+        note = ""
+    return note.replace("|", "\\|")
+
+
 def _run_line(info: Mapping) -> str:
     return (f"run `{info.get('run_id')}` (suite {info.get('suite')}) on {info.get('gpu_name') or 'no GPU'}, "
             f"driver {info.get('driver') or 'n/a'}")
@@ -220,25 +222,27 @@ def _run_line(info: Mapping) -> str:
 def summary_markdown(verdict: Mapping) -> str:
     """The verdict as markdown: a headline, the two runs, the rule, and one table row per case, worst first."""
     head = {"pass": "✅ Performance gate passed", "fail": "❌ Performance gate failed",
-            "refused": "⚠️ Performance gate refused"}[verdict["verdict"]]
+            "refused": "⚠️ Performance gate refused", "unusable": "⚠️ Performance gate: run unusable"}[verdict["verdict"]]
     lines = [f"## {head}", "", verdict["message"], ""]
     if verdict.get("warning"):
         lines += [f"> **{verdict['warning']}**", ""]
     lines += [f"- Reference: {_run_line(verdict['reference'])}", f"- Candidate: {_run_line(verdict['candidate'])}"]
-    if verdict["verdict"] == "refused":
+    if verdict["verdict"] in ("refused", "unusable"):
         return "\n".join(lines) + "\n"
+    mode = verdict.get("mode", DEFAULT_MODE)
     lines += [f"- Rule: regression when the whole {verdict['level']:.0%} CI of the median ratio (candidate / "
               f"reference) is above 1 + threshold and Mann-Whitney p < {verdict['alpha']}; "
-              f"default threshold {verdict['threshold_pct']:g}%", "",
-              "| Case | Outcome | Ratio | CI | p | Ref median ms | Cand median ms | Threshold | Note |",
-              "|---|---|---:|---|---:|---:|---:|---:|---|"]
+              f"default threshold {verdict['threshold_pct']:g}%", *ratio.mode_lines(verdict), "",
+              "| Case | Outcome | Ratio | CI | p | Vs anchor | CI vs anchor | Ref median ms | Cand median ms "
+              "| Threshold | Note |",
+              "|---|---|---:|---|---:|---:|---|---:|---:|---:|---|"]
     for e in verdict["cases"]:
         outcome = f"**{e['outcome']}**" if e["fails"] else e["outcome"]
-        ci = f"[{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]" if e.get("ci") else ""
-        note = "" if e.get("ratio") is not None else (e.get("reason") or "").replace("|", "\\|")
-        lines.append(f"| `{e['case']}` | {outcome} | {_fmt(e.get('ratio'), '.3f')} | {ci} "
-                     f"| {_fmt(e.get('p_value'), '.2g')} | {_fmt(e.get('ref_median_ms'), '.4g')} "
-                     f"| {_fmt(e.get('cand_median_ms'), '.4g')} | {e['threshold_pct']:g}% | {note} |")
+        anchored = e.get("anchored") or {}
+        lines.append(f"| `{e['case']}` | {outcome} | {_fmt(e.get('ratio'), '.3f')} | {_ci(e.get('ci'))} "
+                     f"| {_fmt(e.get('p_value'), '.2g')} | {_fmt(anchored.get('ratio'), '.3f')} "
+                     f"| {_ci(anchored.get('ci'))} | {_fmt(e.get('ref_median_ms'), '.4g')} "
+                     f"| {_fmt(e.get('cand_median_ms'), '.4g')} | {e['threshold_pct']:g}% | {_note(e, mode)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -281,6 +285,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=None, metavar="PCT",
                         help=f"default threshold in percent, finite and > 0 (else the [gate] threshold_pct of "
                              f"this repository's suite, else {DEFAULT_THRESHOLD_PCT:g})")
+    parser.add_argument("--mode", choices=tuple(MODES), default=None,
+                        help="absolute times, times relative to the in-run anchor (the fastest dense kernel of "
+                             "the problem), or both must agree (else the [gate] mode of this repository's "
+                             f"suite, else {DEFAULT_MODE})")
     parser.add_argument("--allow-missing", nargs="*", default=[], metavar="CASE",
                         help="case ids or glob patterns that may be absent or unavailable in the candidate")
     parser.add_argument("--force", action="store_true",
@@ -300,16 +308,17 @@ def _default_out(candidate: str) -> Path:
 
 
 def gate_settings(args: argparse.Namespace, suite: str | None, stored: Mapping | None = None) -> dict:
-    """compare()'s keyword arguments: ``--threshold`` (finite, > 0), else the ``[gate]`` table of this
-    repository's suite named ``suite``, else the one recorded in ``stored`` (a stored reference)
-    (`harness.apps.gate.inputs.trusted_thresholds`)."""
+    """compare()'s keyword arguments: ``--threshold`` (finite, > 0) and ``--mode``, else the ``[gate]`` table
+    of this repository's suite named ``suite``, else the one recorded in ``stored`` (a stored reference)
+    (`harness.apps.gate.inputs.trusted_thresholds`, `.trusted_mode`)."""
     default_pct, per_case, source = inputs.trusted_thresholds(suite, stored)
     if args.threshold is not None:
         default_pct, source = check_threshold(args.threshold, "--threshold"), "--threshold"
+    mode, mode_source = (args.mode, "--mode") if args.mode else inputs.trusted_mode(suite, stored)
     print(f"gate: default threshold {default_pct:g}% from {source}"
-          + (f", {len(per_case)} per-case overrides" if per_case else ""))
+          + (f", {len(per_case)} per-case overrides" if per_case else "") + f"; mode {mode} from {mode_source}")
     return {"threshold_pct": default_pct, "per_case": per_case, "allow_missing": args.allow_missing,
-            "force": args.force, "level": args.level}
+            "force": args.force, "level": args.level, "mode": mode}
 
 
 def report(verdict: Mapping, out_dir: str | os.PathLike) -> int:

@@ -1,12 +1,16 @@
 """What the gate accepts as input: well-formed runs of the same problems, and thresholds it can trust.
 
 - `gated_rows`: the kernel and e2e rows of a results dict, each checked against the results schema and
-  with finite, positive samples; anything else is a ValueError naming the file (or run) and the field.
+  with finite, positive samples (and one round per sample where ``samples_round`` is given), and the run's
+  ``aa_pairs``; anything else is a ValueError naming the file (or run) and the field.
+- `aa_disagreements`: the A/A pairs (one method timed twice in the run) that did not agree: such a run
+  measured noise and is unusable for the gate.
 - `fingerprint_mismatch`: two runs are comparable only when they ran the same suite and, case by case, the
   same problem (`PROBLEM_KEYS`: shape, dtype, heads, ...) with the same method parameters (tiles, centre,
   curve, ...); a case id alone proves nothing (a smoke run has 2 heads in fp32, bench-ci 24 in bf16).
-- `trusted_thresholds`: the ``[gate]`` table of this repository's ``suites/<name>.toml`` (by name: a path
-  that a results file names is never read), else the one recorded in a stored reference, else defaults.
+- `trusted_thresholds`, `trusted_mode`: the ``[gate]`` table of this repository's ``suites/<name>.toml`` (by
+  name: a path that a results file names is never read), else the one recorded in a stored reference, else
+  defaults.
 - `storage_refusals`: why a run must not become a stored reference (incomplete, failed or incorrect cases).
 """
 
@@ -17,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from harness import PROJECT_ROOT
+from harness.apps.gate.ratio import DEFAULT_MODE, check_mode
 from harness.core.paths import check_component, slugify
 
 DEFAULT_THRESHOLD_PCT = 5.0
@@ -80,7 +85,39 @@ def _sample_problem(row: Mapping) -> str | None:
         return None
     bad = [s for s in samples if isinstance(s, bool) or not isinstance(s, (int, float))
            or not math.isfinite(s) or s <= 0]
-    return f"samples_ms holds {bad[0]!r}, expected positive finite milliseconds" if bad else None
+    if bad:
+        return f"samples_ms holds {bad[0]!r}, expected positive finite milliseconds"
+    rounds = row.get("samples_round")
+    if rounds is not None and len(rounds) != len(samples):
+        return f"samples_round has {len(rounds)} rounds for {len(samples)} samples_ms, expected one per sample"
+    return None
+
+
+def _aa_problem(results: Mapping) -> str | None:
+    pairs = results.get("aa_pairs")
+    if pairs is None:
+        return None
+    if not isinstance(pairs, list):
+        return f"aa_pairs: expected a list, got {pairs!r:.60}"
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, Mapping) or not isinstance(pair.get("agree"), bool):
+            return f"aa_pairs[{i}]: expected an object with a true/false 'agree', got {pair!r:.80}"
+    return None
+
+
+def aa_disagreements(results: Mapping) -> list[Mapping]:
+    """The run's A/A pairs that disagreed (``agree: false``), in order."""
+    return [pair for pair in results.get("aa_pairs") or () if pair.get("agree") is False]
+
+
+def describe_aa_pair(pair: Mapping) -> str:
+    """``A/A pair a vs b: ratio 1.031, CI [1.018, 1.044], limit 1.5 %`` from an ``aa_pairs`` entry."""
+    def num(value, spec: str = ".4g") -> str:
+        return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"
+
+    ci = pair.get("ci95") if isinstance(pair.get("ci95"), list) and len(pair["ci95"]) == 2 else [None, None]
+    return (f"A/A pair {pair.get('a')} vs {pair.get('b')}: ratio {num(pair.get('ratio'))}, "
+            f"CI [{num(ci[0])}, {num(ci[1])}], limit {num(pair.get('limit_pct'), 'g')} %")
 
 
 def gated_rows(results: Mapping, source: str) -> dict[str, dict]:
@@ -92,6 +129,8 @@ def gated_rows(results: Mapping, source: str) -> dict[str, dict]:
     for field in ("env", "policy"):
         if results.get(field) is not None and not isinstance(results[field], Mapping):
             raise ValueError(f"{source}: {field}: expected an object, got {results[field]!r:.60}")
+    if (problem := _aa_problem(results)) is not None:
+        raise ValueError(f"{source}: {problem}")
     rows: dict[str, dict] = {}
     for i, row in enumerate(results["cases"]):
         problems = row_problems(row)
@@ -152,10 +191,9 @@ def check_threshold(value, field: str) -> float:
     return float(value)
 
 
-def trusted_thresholds(suite: str | None, stored: Mapping | None = None) -> tuple[float, dict, str]:
-    """``(threshold_pct, per-case overrides, where they came from)``: this repository's
-    ``suites/<name>.toml`` for the suite's name (of a path, only its file name counts), else the ``[gate]``
-    table recorded in ``stored`` (a stored reference), else the defaults."""
+def _repo_gate(suite: str | None):
+    """``(the [gate] table of this repository's suites/<name>.toml, where)`` for the suite's name (of a path,
+    only its file name counts), or None when there is no such suite here."""
     from harness.core.suite import SUITES_DIR, SuiteError, load_suite
 
     try:
@@ -163,22 +201,51 @@ def trusted_thresholds(suite: str | None, stored: Mapping | None = None) -> tupl
     except ValueError:
         name = None
     path = SUITES_DIR / f"{name}.toml" if name else None
-    if path is not None and path.is_file():
-        try:
-            gate = load_suite(path).gate
-        except (SuiteError, OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: {exc}") from None
-        return gate.threshold_pct, dict(gate.overrides), f"suites/{path.name}"
-    recorded = ((stored.get("suite_config") or {}).get("gate") or {}) if stored else {}
+    if path is None or not path.is_file():
+        return None
+    try:
+        return load_suite(path).gate, f"suites/{path.name}"
+    except (SuiteError, OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def _recorded_gate(stored: Mapping | None) -> Mapping:
+    return ((stored.get("suite_config") or {}).get("gate") or {}) if stored else {}
+
+
+STORED_GATE = "the stored reference: suite_config.gate"
+
+
+def trusted_thresholds(suite: str | None, stored: Mapping | None = None) -> tuple[float, dict, str]:
+    """``(threshold_pct, per-case overrides, where they came from)``: this repository's
+    ``suites/<name>.toml`` for the suite's name (of a path, only its file name counts), else the ``[gate]``
+    table recorded in ``stored`` (a stored reference), else the defaults."""
+    repo = _repo_gate(suite)
+    if repo is not None:
+        gate, where = repo
+        return gate.threshold_pct, dict(gate.overrides), where
+    recorded = _recorded_gate(stored)
     if not recorded:
         return DEFAULT_THRESHOLD_PCT, {}, "the default"
-    where = "the stored reference: suite_config.gate"
     overrides = recorded.get("overrides") or {}
     if not isinstance(overrides, Mapping):
-        raise ValueError(f"{where}.overrides: expected an object, got {overrides!r:.60}")
-    return (check_threshold(recorded.get("threshold_pct"), f"{where}.threshold_pct"),
-            {str(k): check_threshold(v, f"{where}.overrides[{k!r}]") for k, v in overrides.items()},
+        raise ValueError(f"{STORED_GATE}.overrides: expected an object, got {overrides!r:.60}")
+    return (check_threshold(recorded.get("threshold_pct"), f"{STORED_GATE}.threshold_pct"),
+            {str(k): check_threshold(v, f"{STORED_GATE}.overrides[{k!r}]") for k, v in overrides.items()},
             "the stored reference")
+
+
+def trusted_mode(suite: str | None, stored: Mapping | None = None) -> tuple[str, str]:
+    """``(gate mode, where it came from)``, from the same places as `trusted_thresholds`; a suite or a
+    stored reference that names no mode means the default (`DEFAULT_MODE`)."""
+    repo = _repo_gate(suite)
+    if repo is not None:
+        gate, where = repo
+        return check_mode(getattr(gate, "mode", DEFAULT_MODE), f"{where}: [gate] mode"), where
+    recorded = _recorded_gate(stored)
+    if "mode" in recorded:
+        return check_mode(recorded["mode"], f"{STORED_GATE}.mode"), "the stored reference"
+    return DEFAULT_MODE, "the default"
 
 
 # ---- stored references --------------------------------------------------------------------------------------
