@@ -49,6 +49,7 @@ NUMERIC_FIELDS: dict[str, tuple] = {
     "device_index": ("device_index",),
     # harness.measure.power.measure_energy: energy over a window of calls, with that window's own sampler summary
     "joules_per_call": ("power", "joules_per_call"),
+    "joules_per_call_se": ("power", "joules_per_call_se"),
     "mean_watts": ("power", "mean_watts"),
     "max_watts": ("power", "power_w_max"),
     "power_calls": ("power", "calls"),

@@ -19,6 +19,7 @@ from harness.apps.e2e import measure  # noqa: E402
 from harness.apps.e2e import processors as pr  # noqa: E402
 from harness.apps.e2e.settings import E2ESettings  # noqa: E402
 from kernels.curves import curve_order  # noqa: E402
+from tests.helpers import RowCollector
 
 TEXT_TOKENS = 16
 GRIDS = {"8x8": (128, 128), "6x8": (128, 96)}  # pixels, width x height
@@ -302,21 +303,13 @@ def test_settings_from_a_suite_table():
     assert settings.steps == 28 and settings.to_dict()["resolutions"] == ["1536x1024", "2048x2048"]
 
 
-class _Collector:
-    def __init__(self):
-        self.cases = []
-
-    def add_case(self, row):
-        assert row["case"] not in {c["case"] for c in self.cases}
-        self.cases.append(row)
-
 
 TINY_SECTION = {"model": "tiny", "dtype": "float32", "text_tokens": TEXT_TOKENS, "resolutions": ["128x96"],
                 "methods": ["sdpa_math", "hilberta_flex", "sdpa_cudnn"], "steps": 1, "step_repeats": 1}
 
 
 def test_run_e2e_cases_writes_one_row_per_method():
-    results = _Collector()
+    results = RowCollector()
     rows = measure.run_e2e_cases(TINY_SECTION, results, "cpu")
     assert rows == results.cases
     by_method = {row["method"]: row for row in rows}
@@ -344,13 +337,13 @@ def test_run_e2e_cases_writes_one_row_per_method():
 
 def test_run_e2e_cases_without_diffusers_reports_every_case_unavailable(monkeypatch):
     monkeypatch.setattr(measure, "processors", None)
-    rows = measure.run_e2e_cases({**TINY_SECTION, "resolutions": ["128x128", "128x96"]}, _Collector(), "cpu")
+    rows = measure.run_e2e_cases({**TINY_SECTION, "resolutions": ["128x128", "128x96"]}, RowCollector(), "cpu")
     assert len(rows) == 2 * 4
     assert all(row["status"] == "unavailable" and row["reason"] for row in rows)
 
 
 def test_flux_dev_on_cpu_is_unavailable_not_built():
-    rows = measure.run_e2e_cases({"resolutions": ["1024x1024"], "methods": ["sdpa_math"]}, _Collector(), "cpu")
+    rows = measure.run_e2e_cases({"resolutions": ["1024x1024"], "methods": ["sdpa_math"]}, RowCollector(), "cpu")
     assert [row["status"] for row in rows] == ["unavailable", "unavailable"]
     assert "CUDA" in rows[0]["reason"]
 
@@ -359,7 +352,7 @@ def test_flux_dev_on_cpu_is_unavailable_not_built():
 def test_run_e2e_cases_on_cuda_with_the_tiny_model():
     """The CUDA branches (events around attention, peak memory, NVML energy) on a model that builds in seconds."""
     section = {**TINY_SECTION, "dtype": "bfloat16", "methods": ["sdpa_cudnn", "hilberta"], "step_repeats": 3}
-    rows = measure.run_e2e_cases(section, _Collector(), "cuda")
+    rows = measure.run_e2e_cases(section, RowCollector(), "cuda")
     assert [row["status"] for row in rows] == ["ok"] * 3, [row["reason"] for row in rows]
     for row in rows:
         e2e = row["e2e"]

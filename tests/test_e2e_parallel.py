@@ -12,6 +12,7 @@ pytest.importorskip("diffusers")
 
 from harness.apps.e2e import parallel  # noqa: E402
 from harness.apps.e2e.flux_model import flux_problem, model_spec  # noqa: E402
+from tests.helpers import RowCollector
 
 
 def _local_tokens(text: int, image: int, world: int, rank: int) -> torch.Tensor:
@@ -62,14 +63,6 @@ def test_shapes_that_do_not_divide_are_named(world, pixels, text, message):
             parallel.check_divisible(problem, world)
 
 
-class _Collector:
-    def __init__(self):
-        self.cases = []
-
-    def add_case(self, row):
-        assert row["case"] not in {c["case"] for c in self.cases}
-        self.cases.append(row)
-
 
 HILBERTA = {"method": "hilberta", "tiles": 2, "centre": 0.25}
 
@@ -77,7 +70,7 @@ HILBERTA = {"method": "hilberta", "tiles": 2, "centre": 0.25}
 def test_two_gloo_processes_give_the_one_process_output():
     section = {"model": "tiny", "dtype": "float32", "text_tokens": 16, "resolutions": ["128x128", "112x112"],
                "methods": ["sdpa_math", HILBERTA], "step_repeats": 1, "skip_denoise": True}
-    results = _Collector()
+    results = RowCollector()
     rows = parallel.run_parallel_cases(section, results, 2, "cpu")
     assert rows == results.cases
     by_case = {row["case"]: row for row in rows}
@@ -104,4 +97,4 @@ def test_two_gloo_processes_give_the_one_process_output():
 ])
 def test_refusals_are_one_line_before_any_process_starts(section, gpus, message):
     with pytest.raises(ValueError, match=message):
-        parallel.run_parallel_cases(section, _Collector(), gpus, "cpu")
+        parallel.run_parallel_cases(section, RowCollector(), gpus, "cpu")

@@ -213,7 +213,7 @@ def test_speedup_answer_follows_from_the_medians(v2_page):
                 f"{dense_ci_span(results)} {min(dense / h for h in hilberta):.2f}–{max(dense / h for h in hilberta):.2f}×")
     assert expected in text
     assert "mean over the sliding phases" in text  # the basis is named
-    assert "FA4 block-sparse FA4 block-sparse T=16" in text  # present in this run: listed
+    assert "FA4 block-sparse, same mask FA4 block-sparse T=16" in text  # present in this run: listed
     assert "The paper claims 2.30× at 1024x1024; 4.17× at 2048x2048" in text
 
 

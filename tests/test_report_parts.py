@@ -280,3 +280,15 @@ def test_one_resolution_gets_no_latency_vs_resolution_chart(tmp_path):
                   lambda r: r.update(cases=[c for c in r["cases"] if (c.get("problem") or {}).get("resolution") != "1024x1024"]))
     assert "Latency vs resolution" not in one
     assert "Latency vs resolution" in page_of(tmp_path / "two", "results_v2.json")
+
+
+@pytest.mark.parametrize("joules,se,warns", [
+    ([1.5, 1.2], [0.33, 0.38], True),      # as in the H200 sample: 22-32 % standard error
+    ([1.5, 1.2], [0.03, 0.05], False),     # a clean split
+    ([1.5, 1.2], [None, None], False),     # back-to-back windows carry no standard error
+])
+def test_energy_noise_warns_only_when_the_split_is_noisy(joules, se, warns):
+    from reports.sections.power import energy_noise
+
+    frame = pd.DataFrame({"joules_per_call": joules, "joules_per_call_se": se}, dtype=float)
+    assert (energy_noise(frame) is not None) is warns

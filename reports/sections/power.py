@@ -41,6 +41,8 @@ def _reasons(value: object) -> str:
 COLUMNS = [
     *CASE_COLUMNS,
     Column("joules_per_call", "energy per call", fmt_joules, numeric=True),
+    Column("joules_per_call_se", "± standard error", fmt_joules, numeric=True,
+           tip="of the interleaved energy split (a least-squares fit over segments); absent for back-to-back windows"),
     Column("vs_dense", "energy vs fastest dense", fmt_ratio, numeric=True,
            tip="J per call / J per call of the fastest dense kernel at the same size (below 1× uses less)"),
     Column("gflop_per_j", "work per energy", fmt_gflop_per_j, numeric=True,
@@ -76,6 +78,22 @@ def _with_energy_metrics(run: Run, measured: pd.DataFrame) -> pd.DataFrame:
         at_cap=[("yes" if flag else "no") if pd.notna(w) and cap else "—" for flag, w in zip(at_cap, measured["mean_watts"])])
 
 
+NOISY_SE = 0.10  # relative standard error above which a per-case energy is not a figure to compare
+
+
+def energy_noise(measured: pd.DataFrame) -> str | None:
+    """A warning when the interleaved energy split is too noisy to compare cases (its per-case standard
+    error is relative to a ~100 ms NVML counter step shared by all cases of a segment)."""
+    if "joules_per_call_se" not in measured:
+        return None
+    relative = (measured["joules_per_call_se"] / measured["joules_per_call"]).dropna()
+    if relative.empty or relative.median() <= NOISY_SE:
+        return None
+    return (f"The interleaved energy split is noisy in this run: median standard error {relative.median():.0%} of "
+            f"the energy per call (up to {relative.max():.0%}). Compare energy between methods only where the "
+            "intervals do not overlap; mean power and the clock columns come from each case's own timed calls.")
+
+
 def section(run: Run) -> Section:
     frame = run.frame[run.frame["kind"] == "kernel"]  # e2e energy per image is in the end-to-end section
     measured = frame[frame[["joules_per_call", "sm_mhz_median"]].notna().any(axis=1)].copy()
@@ -100,6 +118,9 @@ def section(run: Run) -> Section:
         note += (f" {no_conditions} case(s) carry no conditions of their own (clocks, power and temperature while "
                  "their timed calls ran): shown as \"not recorded\".")
     result.add(Paragraph(note, css="caveat"))
+    noisy = energy_noise(measured)
+    if noisy:
+        result.add(Paragraph(noisy, css="warning"))
     columns = COLUMNS if no_conditions < len(measured) else COLUMNS[:CONDITION_COLUMNS]
     result.add(build_table(measured, columns, caption="Energy per call and each case's own conditions"))
     energy = measured.dropna(subset=["joules_per_call"])
