@@ -1,4 +1,4 @@
-"""Small test doubles shared by several test modules."""
+"""Small test doubles and inputs shared by several test modules."""
 
 
 class RowCollector:
@@ -10,3 +10,10 @@ class RowCollector:
     def add_case(self, row):
         assert row["case"] not in {c["case"] for c in self.cases}
         self.cases.append(row)
+
+
+def tiny_suite(description: str, resolutions: list[str], methods: list[str], extra: str = "") -> str:
+    """A suite file's text for a run of a few seconds on the CPU: one head of 16, fp32, 2 samples a case."""
+    return (f'description = "{description}"\nresolutions = {resolutions!r}\ntext_tokens = 4\nheads = 1\n'
+            f'head_dim = 16\ndtype = "float32"\n{extra}methods = {methods!r}\n'
+            "[timing]\nwarmup_ms = 0\nmin_samples = 2\nmax_samples = 2\nbudget_ms = 1\nrounds = 1\n")

@@ -17,23 +17,10 @@ from harness import cli
 from harness.core import runner
 from harness.core.progress import Progress, format_duration
 from harness.core.results import ResultsFile
+from tests.helpers import tiny_suite
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = """\
-description = "cli test"
-resolutions = ["128x128"]
-text_tokens = 4
-heads = 1
-head_dim = 16
-dtype = "float32"
-methods = ["sdpa_math", "flex_dense"]
-[timing]
-warmup_ms = 0
-min_samples = 2
-max_samples = 2
-budget_ms = 1
-rounds = 1
-"""
+TINY = tiny_suite("cli test", ["128x128"], ["sdpa_math", "flex_dense"])
 
 
 @pytest.fixture

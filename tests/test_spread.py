@@ -14,25 +14,11 @@ from harness.core import spread
 from harness.core.results import load_results
 from harness.core.schema import SchemaError
 from harness.core.suite import load_suite
+from tests.helpers import tiny_suite
 
 # four problem groups of different sizes; one method, one phase: a worker runs in a few seconds
-TINY_SUITE = """\
-description = "spread test"
-resolutions = ["64x64", "128x64", "128x128", "192x128"]
-text_tokens = 4
-heads = 1
-head_dim = 16
-dtype = "float32"
-layers = [0]
-metrics = ["timing"]
-methods = ["sdpa_math"]
-[timing]
-warmup_ms = 0
-min_samples = 2
-max_samples = 2
-budget_ms = 1
-rounds = 1
-"""
+TINY_SUITE = tiny_suite("spread test", ["64x64", "128x64", "128x128", "192x128"], ["sdpa_math"],
+                        extra='layers = [0]\nmetrics = ["timing"]\n')
 
 
 @pytest.fixture
