@@ -55,7 +55,7 @@ def _device(text: str | None):
     """The torch device of ``--device`` (default: cuda if available, else cpu), checked here."""
     import torch
 
-    from harness.core.runner import default_device
+    from harness.core.lifecycle import default_device
 
     if text is None:
         return default_device()

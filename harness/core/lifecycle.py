@@ -41,6 +41,11 @@ def case_row(case: CaseSpec) -> dict:
                problem=case.problem.to_dict()).to_dict()
 
 
+def default_device() -> torch.device:
+    """Where cases run unless told: CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def release_memory(device: torch.device | str) -> None:
     gc.collect()
     if torch.device(device).type == "cuda":

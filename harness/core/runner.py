@@ -27,7 +27,7 @@ import torch
 from baselines.base import PreparedAttention
 from harness.core import memory
 from harness.core.cases import CaseSpec, Suite
-from harness.core.lifecycle import OOM_ERRORS, CaseState, case_row, error_fields, make_ready, release_memory
+from harness.core.lifecycle import OOM_ERRORS, CaseState, case_row, default_device, error_fields, make_ready, release_memory
 from harness.core.paths import RESULTS_ROOT, claim_run_dir
 from harness.core.progress import Progress
 from harness.core.results import PYTEST_BENCHMARK_NAME, RESULTS_NAME, ResultsFile, export_pytest_benchmark, utc_now
@@ -41,10 +41,6 @@ from harness.measure.power import unavailable
 PERMUTE_TIMING = {"warmup_ms": 10.0, "min_samples": 5, "max_samples": 50, "budget_ms": 100.0, "rounds": 1}
 # Progress weight of each stage of a case (how long it takes, roughly, relative to preparing one).
 STAGE_WEIGHTS = {"prepare": 1, "timing": 1, "power": 1, "traffic": 3}
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def optional(module: str, attr: str) -> tuple[Callable | None, str | None]:

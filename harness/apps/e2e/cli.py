@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     from harness.apps.e2e.measure import E2ESettings, run_e2e_cases
     from harness.core.results import RESULTS_NAME, ResultsFile, utc_now
     from harness.core.paths import claim_run_dir
-    from harness.core.runner import default_device, exit_status, optional
+    from harness.core.lifecycle import default_device
+    from harness.core.runner import exit_status, optional
 
     section = settings_section(args)
     E2ESettings.from_section(section)  # bad input fails before anything is built or written

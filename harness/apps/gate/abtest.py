@@ -43,7 +43,7 @@ import torch
 
 from harness import PROJECT_ROOT
 from harness.core.cases import CaseSpec
-from harness.core.lifecycle import case_row, make_ready
+from harness.core.lifecycle import case_row, default_device, make_ready
 from harness.core.results import RESULTS_NAME, ResultsFile
 from harness.core.schema import Row
 from harness.core.suite import load_suite
@@ -157,7 +157,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     channel = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device) if args.device else default_device()
     session = WorkerSession(load_builder(args.builder), device)
 
     def send(reply: dict) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from harness.core.lifecycle import default_device
 from harness.core.results import RESULTS_NAME, ResultsFile
 from harness.measure.envinfo import fingerprint
 from kernels import config as kconfig
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             for path in store_from_results(args.store_from):
                 print(f"stored into {path}")
             return 0
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = default_device()
         if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             print("error: tune: no CUDA device; tuning needs a GPU (or TRITON_INTERPRET=1 with tiny problems)",
                   file=sys.stderr)
