@@ -4,6 +4,10 @@ A speedup at a different density says little; `matched_density(problem, tiles)` 
 the STA window (per candidate tile shape) and the NA kernel whose *token-level* density is closest to
 HilbertA's (centre 0.25, ``tiles`` tiles) and within ``tolerance`` (2 percentage points) of it. Densities
 come from closed forms (`HilbertLayout.allowed_pairs`, `window_allowed_pairs`): exact, cheap, no GPU.
+
+Each match comes with its FlashAttention-4 twin (`FA4_TWINS`): the same mask, same parameters, through FA4
+block sparsity (`baselines.fa4`), the strongest implementation of STA and NA there is: at equal density
+the report's baseline is the faster of the two.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ TOLERANCE = 0.02  # absolute, in density (2 percentage points)
 # STA tile shapes to match: 64-token square tiles (STA's usual 2-D tile) and 128-token tiles (a full
 # 128-row query block on Hopper). Windows are kept near-square in tokens.
 MATCH_TILES = ((8, 8), (16, 8))
+# matched family -> the family running the same mask with the same parameters through FA4 block sparsity
+FA4_TWINS = {"sta": "sta_fa4", "na": "na_fa4"}
 
 
 def hilberta_density(problem: Problem, tiles: int, centre: float = 0.25) -> float:
@@ -54,7 +60,8 @@ def _na_candidates(problem: Problem):
 def matched_density(problem: Problem, tiles: int, tolerance: float = TOLERANCE, strict: bool = False) -> list[dict]:
     """Registry specs of STA (one per tile shape in `MATCH_TILES`) and NA matching HilbertA's density.
 
-    Each group contributes its closest candidate if it lies within ``tolerance``; a group with none is
+    Each group contributes its closest candidate if it lies within ``tolerance``, followed by that
+    candidate's FA4 twin (`FA4_TWINS`: same parameters, same mask); a group with none is
     logged with the closest density it could reach. ``strict`` raises ValueError (with that reason) when
     no group fits at all.
     """
@@ -65,7 +72,8 @@ def matched_density(problem: Problem, tiles: int, tolerance: float = TOLERANCE, 
     for group, candidates in groups.items():
         best = min(candidates, key=lambda cand: abs(cand[1] - target), default=None)
         if best is not None and abs(best[1] - target) <= tolerance:
-            specs.append(best[0])
+            spec = best[0]
+            specs += [spec, {**spec, "method": FA4_TWINS[spec["method"]]}]
         else:
             closest = "no candidate" if best is None else f"closest {best[1]:.1%} ({best[0]})"
             misses.append(f"{group}: {closest}")

@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="short timing budgets: a look, not numbers to quote")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--gpus", type=int, default=1, metavar="N",
-                   help="spread the problem groups over N GPUs of this host: one worker per GPU, one results.json")
+                   help="spread the problem groups (split by layer where that balances better) over N GPUs of this "
+                        "host: one worker per GPU, one results.json")
     p.add_argument("--report", action="store_true", help="write the HTML report at the end and print its path")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_cmd_run)

@@ -53,11 +53,12 @@ def css_token(value: object) -> str:
 
 
 def sort_key(value: object) -> str:
-    """A numeric cell's raw value for sorting ("" when missing: sorted last)."""
+    """A numeric cell's raw value for sorting ("" when missing: sorted last); 9 significant digits order any
+    two values a table shows apart, at half the bytes of a full repr."""
     number = number_or_none(value)
     if number is None:
         return ""
-    return repr(number) if math.isfinite(number) else ("Infinity" if number > 0 else "-Infinity")
+    return f"{number:.9g}" if math.isfinite(number) else ("Infinity" if number > 0 else "-Infinity")
 
 
 def build_table(frame: pd.DataFrame, columns: Sequence[Column], caption: str = "",

@@ -2,19 +2,22 @@
 # Issue #17 on one host with N GPUs (2 H100s; 4 where lent): run from the repository root.
 #
 #   scripts/multigpu_run.sh bench   # bench-ci on GPU 0, then spread over N GPUs: wall time and per-case medians
-#   scripts/multigpu_run.sh flux    # Flux step latency, 2048 and 4096, at 1..N GPUs (Ulysses), dense and HilbertA
+#   scripts/multigpu_run.sh flux    # Flux step latency, all-to-all and scaling efficiency, 2048 and 4096, at
+#                                   # 1..N GPUs (Ulysses): FA4 and cuDNN dense, and HilbertA
 #   scripts/multigpu_run.sh         # both (each part stays under 10 minutes on H100s)
 #
 # Environment: GPUS (default: all GPUs nvidia-smi lists), OUT (default results/multigpu-<UTC time>),
-# PYTHON (default python3), DENSE (default sdpa_cudnn: the fastest dense kernel on H100 in our samples),
-# STEP_REPEATS (default 3). NVLink multicast stays off.
+# PYTHON (default python3), DENSE (default fa4_dense,sdpa_cudnn: FA4 is the fastest dense kernel on Hopper;
+# where it cannot run its rows say "unavailable" with the reason and cuDNN SDPA is the dense reference; with
+# DENSE=fa4_dense alone, sdpa_cudnn runs in its place and its rows say so), STEP_REPEATS (default 3).
+# NVLink multicast stays off.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 PY=${PYTHON:-python3}
 GPUS=${GPUS:-$(nvidia-smi -L | wc -l)}
 OUT=${OUT:-results/multigpu-$(date -u +%Y%m%d-%H%M%S)}
-DENSE=${DENSE:-sdpa_cudnn}
+DENSE=${DENSE:-fa4_dense,sdpa_cudnn}
 PART=${1:-all}
 mkdir -p "$OUT"
 nvidia-smi -L | tee "$OUT/cards.txt"
@@ -36,6 +39,11 @@ one, many = load_results(f"{out}/bench-ci-1gpu"), load_results(f"{out}/bench-ci-
 wall1, wallN = t1 - t0, t2 - t1
 print(f"bench-ci wall time: 1 GPU {wall1:.0f} s, {gpus} GPUs {wallN:.0f} s, ratio {wallN / wall1:.2f} (goal <= 0.60)")
 print(f"complete: 1 GPU {one.get('complete')}, {gpus} GPUs {many.get('complete')}")
+plan = many["env"].get("spread") or {}
+for card in plan.get("cards", []):
+    print(f"  gpu{card['index']}: estimated {card.get('estimated_s', 0):.0f} s: {', '.join(card['units'])}")
+if plan.get("unanchored"):
+    print(f"  timed away from their resolution's dense anchor: {', '.join(plan['unanchored'])}")
 base = {r["case"]: r for r in one["cases"]}
 worst = 0.0
 for row in many["cases"]:

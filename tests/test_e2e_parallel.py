@@ -98,3 +98,59 @@ def test_two_gloo_processes_give_the_one_process_output():
 def test_refusals_are_one_line_before_any_process_starts(section, gpus, message):
     with pytest.raises(ValueError, match=message):
         parallel.run_parallel_cases(section, RowCollector(), gpus, "cpu")
+
+
+# ---- a dense method that cannot run here (FA4 on the CPU) ----------------------------------------------------
+
+def _names(methods):
+    return [m.name for m in methods]
+
+
+@pytest.mark.parametrize(("asked", "fallback", "kept", "stands_in"), [
+    (["fa4_dense", "sdpa_math"], "flex_dense", ["sdpa_math", "flex_dense"], ["fa4_dense"]),
+    (["fa4_dense", "flex_dense"], "flex_dense", ["flex_dense"], None),  # a dense method is left: no fallback
+    (["fa4_dense", "sdpa_math"], "sdpa_cudnn", ["sdpa_math"], None),  # the fallback cannot run either
+    (["sdpa_math"], "flex_dense", ["sdpa_math"], None),  # no dense method was asked for
+])
+def test_an_unavailable_dense_method_is_refused_with_its_reason_and_replaced(monkeypatch, asked, fallback, kept,
+                                                                            stands_in):
+    from baselines.registry import resolve
+
+    monkeypatch.setattr(parallel, "DENSE_FALLBACK", fallback)
+    methods, refused, note = parallel.runnable([resolve(name) for name in asked], torch.device("cpu"))
+    assert _names(methods) == kept
+    assert set(refused) == set(asked) - set(kept)
+    assert all(refused[name] for name in refused)  # each with its reason
+    assert (note or {}).get("for") == stands_in
+    if note:
+        assert "fa4_dense: " in note["reason"] and refused["fa4_dense"] in note["reason"]
+
+
+def test_the_e2e_cli_with_fa4_dense_unavailable_says_so_and_falls_back(monkeypatch, tmp_path, capsys):
+    """`python -m harness e2e --gpus 2 --methods fa4_dense,...` on a host without FA4: exit 0, fa4_dense rows
+    "unavailable" with the reason, the fallback timed at 1 and 2 GPUs with step, efficiency and all-to-all."""
+    from harness.cli import main
+    from harness.core.results import load_results
+
+    monkeypatch.setattr(parallel, "DENSE_FALLBACK", "flex_dense")  # sdpa_cudnn needs CUDA; flex runs on the CPU
+    code = main(["e2e", "--gpus", "2", "--model", "tiny", "--device", "cpu", "--methods", "fa4_dense,sdpa_math",
+                 "--resolutions", "128x128", "--skip-denoise", "--step-repeats", "1", "--no-report",
+                 "--out", str(tmp_path / "run")])
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert "flex_dense runs in its place" in err and "fa4_dense" in err
+    rows = {row["case"]: row for row in load_results(tmp_path / "run")["cases"]}
+    assert sorted(rows) == sorted(f"128x128/e2e-gpus{n}/{m}" for n in (1, 2)
+                                  for m in ("fa4_dense", "sdpa_math", "flex_dense"))
+    for n in (1, 2):
+        fa4 = rows[f"128x128/e2e-gpus{n}/fa4_dense"]
+        assert fa4["status"] == "unavailable" and fa4["reason"] and fa4["e2e"]["gpus"] == n
+        stand_in = rows[f"128x128/e2e-gpus{n}/flex_dense"]
+        assert stand_in["status"] == "ok", stand_in.get("reason")
+        assert stand_in["e2e"]["dense_fallback"]["for"] == ["fa4_dense"]
+        for method in ("flex_dense", "sdpa_math"):
+            e2e = rows[f"128x128/e2e-gpus{n}/{method}"]["e2e"]
+            assert rows[f"128x128/e2e-gpus{n}/{method}"]["median_ms"] > 0  # step latency
+            assert e2e["scaling_efficiency"] > 0 and (e2e["all_to_all_ms"] > 0) == (n == 2)
+        assert rows[f"128x128/e2e-gpus{n}/sdpa_math"]["derived"]["fastest_dense"] == "flex_dense"
+    assert "stands in for fa4_dense" in out and "unavailable" in out

@@ -380,10 +380,25 @@ def test_ab_run_times_two_revisions_in_worktrees_and_gates_them(ab_repo, tmp_pat
     for label in ("a", "b"):
         stored = json.loads((out / label / "results.json").read_text())
         assert stored["revision"]["label"] == label and len(stored["cases"][0]["samples_ms"]) == 10
+        assert stored["schedule_orders"] == {"fake/sleep/layer0": [[0, 1], [1, 0]]}  # A B, then B A
+        assert stored["schedule"]["cases"] == {"fake/sleep/layer0": ["a", "b"]}
+        assert stored["schedule"]["rounds"] == 2 and stored["schedule"]["round_samples"] == 5
     assert runs["a"]["revision"]["commit"] != runs["b"]["revision"]["commit"]
     verdict = gate.compare(runs["a"], runs["b"])
     assert outcome_of(verdict, "fake/sleep/layer0") == "regression"
     assert verdict["cases"][0]["ratio"] > 2.0
+
+
+@pytest.mark.parametrize("n_sides, rounds, expected", [(2, 1, [[0, 1]]), (2, 4, [[0, 1], [1, 0], [0, 1], [1, 0]]),
+                                                       (3, 2, [[0, 1, 2], [2, 1, 0]])])
+def test_ab_rounds_alternate_and_their_orders_accumulate_per_case(n_sides, rounds, expected):
+    assert abtest.alternating_orders(n_sides, rounds) == expected
+    labels, policy = "abc"[:n_sides], {"rounds": rounds, "round_samples": 3}
+    data = abtest.schedule_fields({}, "x/m/layer0", labels, policy)
+    data = abtest.schedule_fields(data, "y/m/layer0", labels, policy)
+    assert data["schedule_orders"] == {"x/m/layer0": expected, "y/m/layer0": expected}
+    assert data["schedule"] == {"kind": "ab-alternating-rounds", "rounds": rounds, "round_samples": 3,
+                                "cases": {"x/m/layer0": list(labels), "y/m/layer0": list(labels)}}
 
 
 def test_ab_rejects_a_revision_that_is_not_a_commit(ab_repo, tmp_path):

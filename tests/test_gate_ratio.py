@@ -1,6 +1,7 @@
 """The gate's ratio and both modes (harness.apps.gate.ratio) and its A/A refusal, on synthetic runs with a
-known drift and on the committed H100 bench-ci runs (docs/samples/h100/gate/ci-1..3) with an injected
-slowdown of HilbertA."""
+known drift and on the committed bench-ci runs of real cards (docs/samples/h100/gate/ci-1..3, the first
+version's schedule; docs/samples/h200/gate/ci-1..4, back to back on one H200 with the interleaved schedule)
+with an injected slowdown of HilbertA."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from harness.apps.gate import compare as gate
 from harness.apps.gate import inputs, ratio
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLES = REPO / "docs" / "samples" / "h100" / "gate"
+SAMPLES = REPO / "docs" / "samples"
 PROBLEM = {"height": 128, "width": 128, "text_tokens": 512, "batch": 1, "heads": 24, "head_dim": 128,
            "dtype": "bfloat16", "layer": 0}
 ANCHOR, SLOWED, OTHER = ("2048x2048/sdpa_cudnn/layer0", "2048x2048/hilberta_t16/layer0",
@@ -131,10 +132,16 @@ def test_cli_mode_flag_reaches_the_verdict(tmp_path, capsys, mode):
     assert json.loads((cand / "verdict.json").read_text())["mode"] == mode
 
 
-# ---- the committed H100 runs -----------------------------------------------------------------------------------
+# ---- the committed runs of real cards ------------------------------------------------------------------------
 
-def _h100_run(index: int) -> dict:
-    return json.loads((SAMPLES / f"ci-{index}" / "results.json").read_text())
+# card -> the runs the gate can use: on the H200, run 1's own A/A control disagreed (next test)
+USABLE_RUNS = {"h100": (1, 2, 3), "h200": (2, 3, 4)}
+# what a 10 % slowdown must flag on every card, in every mode (the first version's 2048 runs have no rounds)
+ALWAYS_CAUGHT = {"1024x1024/hilberta_t16/layer0", "1024x1024/hilberta_t16/layer1"}
+
+
+def _sample_run(card: str, index: int) -> dict:
+    return json.loads((SAMPLES / card / "gate" / f"ci-{index}" / "results.json").read_text())
 
 
 def _slowed_hilberta(run: dict) -> dict:
@@ -147,15 +154,29 @@ def _slowed_hilberta(run: dict) -> dict:
 
 
 @pytest.mark.parametrize("mode", list(ratio.MODES))
-@pytest.mark.parametrize("ref_index, cand_index", list(itertools.permutations((1, 2, 3), 2)))
-def test_h100_runs_pass_as_they_are_and_catch_a_ten_percent_hilberta_slowdown(mode, ref_index, cand_index):
+@pytest.mark.parametrize("card, ref_index, cand_index", [
+    (card, *pair) for card, runs in USABLE_RUNS.items() for pair in itertools.permutations(runs, 2)])
+def test_real_runs_pass_as_they_are_and_catch_a_ten_percent_hilberta_slowdown(mode, card, ref_index, cand_index):
     pct, per_case, _ = inputs.trusted_thresholds("bench-ci")
-    reference, candidate = _h100_run(ref_index), _h100_run(cand_index)
+    reference, candidate = _sample_run(card, ref_index), _sample_run(card, cand_index)
     assert gate.compare(reference, candidate, pct, per_case, mode=mode)["exit_code"] == 0
     verdict = gate.compare(reference, _slowed_hilberta(candidate), pct, per_case, mode=mode)
     assert verdict["exit_code"] == 1
-    assert {"1024x1024/hilberta_t16/layer0", "1024x1024/hilberta_t16/layer1"} <= flagged(verdict)
+    assert ALWAYS_CAUGHT <= flagged(verdict)
     assert all("/hilberta_t16/" in case for case in flagged(verdict))  # the dense anchor is never blamed
+    if card == "h200":  # rounds recorded: every slowed case is caught, 2048 included, in every mode
+        slowed = {row["case"] for row in candidate["cases"] if row.get("method") == "hilberta_t16"}
+        assert flagged(verdict) == slowed
+
+
+def test_the_h200_run_whose_aa_control_disagreed_is_refused_against_each_other_run():
+    noisy = _sample_run("h200", 1)
+    assert [pair["agree"] for pair in noisy["aa_pairs"]].count(False) == 1
+    pct, per_case, _ = inputs.trusted_thresholds("bench-ci")
+    for other in USABLE_RUNS["h200"]:
+        for reference, candidate in ((noisy, _sample_run("h200", other)), (_sample_run("h200", other), noisy)):
+            verdict = gate.compare(reference, candidate, pct, per_case, mode="both")
+            assert (verdict["verdict"], verdict["exit_code"]) == ("unusable", 2)
 
 
 # ---- A/A control -----------------------------------------------------------------------------------------------

@@ -327,6 +327,7 @@ NCU_CSV = textwrap.dedent('''\
     "0","4242","python3.12","127.0.0.1","void cutlass::Kernel2<Params, 128>(T1)","1","7","(384, 1, 1)","(132, 1, 1)","0","9.0","Command line profiler metrics","gpu__time_duration.sum","usecond","12.5"
     "0","4242","python3.12","127.0.0.1","void cutlass::Kernel2<Params, 128>(T1)","1","7","(384, 1, 1)","(132, 1, 1)","0","9.0","Command line profiler metrics","lts__t_bytes.sum","Mbyte","3.25"
     "0","4242","python3.12","127.0.0.1","void cutlass::Kernel2<Params, 128>(T1)","1","7","(384, 1, 1)","(132, 1, 1)","0","9.0","Command line profiler metrics","sm__throughput.avg.pct_of_peak_sustained_elapsed","%","71.3"
+    "0","4242","python3.12","127.0.0.1","void cutlass::Kernel2<Params, 128>(T1)","1","7","(384, 1, 1)","(132, 1, 1)","0","9.0","Launch Statistics","launch__registers_per_thread","register/thread","168"
     "1","4242","python3.12","127.0.0.1","elementwise_kernel","1","7","(128, 1, 1)","(1024, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_read.sum","Gbyte","0.002"
     "1","4242","python3.12","127.0.0.1","elementwise_kernel","1","7","(128, 1, 1)","(1024, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_write.sum","byte","2,000,000"
     "1","4242","python3.12","127.0.0.1","elementwise_kernel","1","7","(128, 1, 1)","(1024, 1, 1)","0","9.0","Command line profiler metrics","gpu__time_duration.sum","nsecond","7,500"
@@ -342,7 +343,9 @@ def test_parse_ncu_csv_launches():
     launches = traffic.parse_ncu_csv(NCU_CSV)
     assert [launch["id"] for launch in launches] == [0, 1]
     assert launches[0]["kernel"] == "void cutlass::Kernel2<Params, 128>(T1)"  # quoted comma kept
-    assert set(launches[0]["metrics"]) == set(traffic.NCU_METRICS)  # other metrics dropped
+    # the byte metrics and the SM counters asked for are kept, any other metric dropped
+    assert set(launches[0]["metrics"]) == {*traffic.NCU_METRICS, "sm__throughput.avg.pct_of_peak_sustained_elapsed"}
+    assert launches[0]["metrics"]["sm__throughput.avg.pct_of_peak_sustained_elapsed"] == 71.3
     assert launches[0]["metrics"]["lts__t_bytes.sum"] == pytest.approx(3.25e6)
     assert launches[1]["metrics"]["gpu__time_duration.sum"] == 7500.0
 
@@ -414,6 +417,8 @@ args = sys.argv[1:]
 if args == ["--version"]:
     print("NVIDIA (R) Nsight Compute Command Line Profiler\\nVersion 2025.3.0.0 (build 1)")
     raise SystemExit(0)
+if args == ["--query-metrics"]:  # no listing: every counter is asked for
+    raise SystemExit(1)
 pathlib.Path({argv_file!r}).write_text(json.dumps(args))
 if {fail!r}:
     print("==ERROR== ERR_NVGPUCTRPERM - The user does not have permission to access NVIDIA GPU Performance Counters")
@@ -434,6 +439,7 @@ def fake_ncu(tmp_path, monkeypatch):
     probe = traffic.ncu_available  # tests may replace it; clear the real probe's memo after them
     yield install
     probe.cache_clear()
+    traffic.metric_listing.cache_clear()
 
 
 CASE = {"method": {"method": "sdpa_cudnn"}, "problem": Problem(height=8, width=8, text_tokens=16).to_dict()}

@@ -26,7 +26,7 @@ import reports
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
-SAMPLE = ROOT / "docs" / "samples" / "h200" / "bench-2048-core"  # the current sample run (FA4, A/A, conditions)
+SAMPLE = ROOT / "docs" / "samples" / "h200" / "bench-2048"  # the current sample run (FA4, Flex, A/A, conditions, ncu)
 TIMEOUT_S = 120
 VIRTUAL_TIME_MS = 20000  # budget for scripts to run (virtual time: passes fast once the page is idle)
 LOAD_LIMIT_MS = 2000

@@ -1,10 +1,10 @@
-"""Spreading a suite over several GPUs (`harness.core.spread`), on the CPU: the plan is deterministic and
-covers every group once; real workers (the ordinary runner on "cpu") merge into one valid results.json with
-``device_index`` on every row; a worker that dies turns only its own cases into "failed" rows."""
+"""Spreading a suite over several GPUs (`harness.core.spread`), on the CPU: real workers (the ordinary
+runner on "cpu") merge into one valid results.json with ``device_index`` on every row, by problem group and
+by (resolution, layer) sub-group; two cards timing the same resolution keep both their schedule orders; a
+worker that dies turns only its own cases into "failed" rows. The plan itself: tests/test_spread_plan.py."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import sys
 
@@ -28,48 +28,6 @@ def suite_path(tmp_path):
     return path
 
 
-# ---- the plan ----------------------------------------------------------------------------------------------
-
-COSTS = {
-    "equal": {f"g{i}": 1.0 for i in range(7)},
-    "skewed": {"a": 10.0, "b": 6.0, "c": 5.0, "d": 4.0, "e": 1.0},
-    "one": {"only": 3.0},
-}
-
-
-@pytest.mark.parametrize("workers", [1, 2, 3, 4])
-@pytest.mark.parametrize("costs", sorted(COSTS))
-def test_plan_covers_every_group_once_and_ignores_dict_order(costs, workers):
-    costs = COSTS[costs]
-    assignment = spread.plan(costs, workers)
-    assert len(assignment) == workers
-    placed = [group for groups in assignment for group in groups]
-    assert sorted(placed) == sorted(costs)  # every group, exactly once
-    for order in itertools.islice(itertools.permutations(costs), 6):
-        assert spread.plan({g: costs[g] for g in order}, workers) == assignment
-
-
-@pytest.mark.parametrize(("costs", "workers", "worst"), [
-    (COSTS["equal"], 3, 3.0),  # 7 equal groups on 3 workers: 3 + 2 + 2
-    (COSTS["skewed"], 2, 14.0),  # {a, d} and {b, c, e}: 14 is the best split of these (no subset sums to 13)
-])
-def test_plan_balances_by_cost(costs, workers, worst):
-    loads = [sum(costs[g] for g in groups) for groups in spread.plan(costs, workers)]
-    assert max(loads) == worst
-
-
-def test_plan_rejects_no_worker():
-    with pytest.raises(ValueError, match="--gpus"):
-        spread.plan({"a": 1.0}, 0)
-
-
-def test_bench_ci_groups_are_its_resolutions_largest_costs_most():
-    costs = spread.group_costs(load_suite("bench-ci"))
-    assert list(costs) == ["1024x1024", "1536x1024", "2048x2048"]
-    assert costs["2048x2048"] > costs["1536x1024"] > costs["1024x1024"]
-    assert sorted(g for groups in spread.plan(costs, 2) for g in groups) == sorted(costs)
-
-
 # ---- real workers on the CPU -------------------------------------------------------------------------------
 
 def _failing_on(index: int | None):
@@ -90,8 +48,9 @@ def test_spread_run_merges_one_valid_results_file(tmp_path, suite_path, failing)
     suite = selection.load()
     planned = [case.case_id for case in suite.cases()]
     assert [row["case"] for row in results["cases"]] == planned  # each case once, in plan order
-    assignment = spread.plan(spread.group_costs(suite), 2)
-    card_of = {group: index for index, groups in enumerate(assignment) for group in groups}
+    plan = spread.spread_plan(suite, 2)
+    assert not plan.split  # one phase: the sub-groups are the groups, no lighter
+    card_of = {unit: index for index, units in enumerate(plan.assignment) for unit in units}
     for row in results["cases"]:
         index = card_of[row["problem"]["resolution"]]
         assert row["device_index"] == index
@@ -105,51 +64,139 @@ def test_spread_run_merges_one_valid_results_file(tmp_path, suite_path, failing)
     assert results["complete"] is (failing is None)
     cards = results["env"]["spread"]["cards"]
     assert [card["exit_code"] for card in cards] == [0, 3 if failing else 0]
+    assert [card["units"] for card in cards] == plan.assignment
+    if failing is None:  # every group's orders and case ids, keyed by resolution: nothing was split
+        assert sorted(results["schedule_orders"]) == sorted(results["schedule"]["cases"]) == sorted(suite.resolutions)
     assert not list(out.glob(".*.tmp"))  # the atomic write left no temp file
 
 
-def _worker_dir(root, index: int, rows: list[dict], complete: bool = True):
+# one resolution at two phases: an anchor (flex_dense, dense, layer 0 only) and sdpa_math at both phases
+# with its A/A twin; two cards take one (resolution, layer) sub-group each
+LAYERED_SUITE = (tiny_suite("layered spread test", ["128x64"], ["sdpa_math"],
+                            extra='layers = [0, 1]\nmetrics = ["timing"]\n')
+                 .replace("methods = ['sdpa_math']", 'methods = ["flex_dense", {method = "sdpa_math", layers = [0, 1]}]')
+                 + '[control]\naa = ["sdpa_math"]\n')
+
+
+def test_sub_groups_of_one_resolution_on_two_cards_keep_both_schedules(tmp_path):
+    path = tmp_path / "layered.toml"
+    path.write_text(LAYERED_SUITE)
+    selection = spread.Selection(suite=str(path))
+    lines = []
+    out = spread.run_spread(selection, 2, tmp_path / "run", device="cpu", echo=lines.append)
+    results = load_results(out)
+    suite, plan = selection.load(), spread.spread_plan(selection.load(), 2)
+    assert plan.split and sorted(plan.units) == ["128x64/layer0", "128x64/layer1"]
+    assert [row["case"] for row in results["cases"]] == [case.case_id for case in suite.cases()]
+    assert results["complete"] is True and all(row["status"] == "ok" for row in results["cases"])
+    card_of = {unit: index for index, units in enumerate(plan.assignment) for unit in units}
+    rows = {row["case"]: row for row in results["cases"]}
+    for row in rows.values():
+        assert row["device_index"] == card_of[f"128x64/layer{row['problem']['layer']}"]
+    # both cards timed "128x64": each keeps its orders and its case ids under its own key
+    assert sorted(results["schedule_orders"]) == sorted(results["schedule"]["cases"]) == sorted(plan.units)
+    for unit, ids in results["schedule"]["cases"].items():
+        assert {rows[cid]["device_index"] for cid in ids} == {card_of[unit]}
+        assert sorted(ids) == sorted(case.case_id for case in plan.units[unit])
+        assert all(sorted(order) == list(range(len(ids))) for order in results["schedule_orders"][unit])
+    # each A/A twin was compared with its original, on their card
+    assert sorted(pair["b"] for pair in results["aa_pairs"]) == sorted(
+        case.case_id for case in suite.cases() if case.twin)
+    spread_env = results["env"]["spread"]
+    assert spread_env["unit"] == "resolution/layer" and spread_env["unanchored"] == ["128x64/layer1"]
+    assert any("128x64/layer1" in line and "anchor" in line for line in lines)
+    # the layer 1 row's speedup is against the dense row timed on the other card
+    assert rows["128x64/sdpa_math/layer1"]["derived"]["fastest_dense"] == "flex_dense"
+
+
+def _worker_dir(root, index: int, units: list[str], rows: list[dict], orders: dict, complete: bool = True):
     directory = root / f"gpu{index}"
     directory.mkdir(parents=True)
     (directory / "results.json").write_text(json.dumps({
         "schema": 2, "run_id": f"w{index}", "env": {"gpu_name": "Card", "gpu_uuid": f"GPU-{index}"},
-        "policy": {}, "complete": complete, "aa_pairs": [{"a": "x", "b": "y"}] if index else [],
-        "schedule_orders": {f"g{index}": [[0]]}, "cases": rows}))
-    worker = spread.Worker(index, [], directory)
+        "policy": {}, "complete": complete, "aa_pairs": [{"a": "x", "b": f"y{index}"}],
+        "schedule": {"kind": "interleaved", "rounds": 3 + index, "cases": {g: ["?"] for g in orders}},
+        "schedule_orders": orders, "cases": rows}))
+    worker = spread.Worker(index, units, directory)
     worker.returncode = 0
     return worker
 
 
-def test_merge_unites_per_group_fields_and_refuses_a_case_run_twice(tmp_path, suite_path):
-    suite = load_suite(suite_path)
-    res = [case.problem.resolution for case in suite.cases()]
+def _plan(suite, assignment: list[list[str]], split: bool) -> spread.Plan:
+    units = spread.units_of(suite, split)
+    return spread.Plan(split, units, dict.fromkeys(units, 1.0), assignment)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["groups", "sub-groups"])
+def test_merge_keeps_every_cards_orders_and_refuses_a_case_run_twice(tmp_path, split):
+    suite = load_suite(tmp_path.joinpath("s.toml").write_text(LAYERED_SUITE) and tmp_path / "s.toml")
     row = {"kind": "kernel", "case": "a", "status": "ok", "reason": None}
-    workers = [_worker_dir(tmp_path, 0, [row]), _worker_dir(tmp_path, 1, [{**row, "case": "b"}])]
-    workers[0].groups, workers[1].groups = res[:1], res[1:2]
-    merged = spread.merge(suite, workers, "run", {})
-    assert merged["schedule_orders"] == {"g0": [[0]], "g1": [[0]]}
-    assert merged["aa_pairs"] == [{"a": "x", "b": "y"}]
-    assert [r["extra"]["device"]["uuid"] for r in merged["cases"] if r["case"] in "ab"] == ["GPU-0", "GPU-1"]
-    twice = [_worker_dir(tmp_path / "twice", i, [row]) for i in (0, 1)]
-    twice[0].groups, twice[1].groups = res[:1], res[1:2]
+    if split:  # both cards timed the one resolution, each its own layer: the runner keys both "128x64"
+        assignment = [["128x64/layer0"], ["128x64/layer1"]]
+        orders = [{"128x64": [[0, 1, 2]]}, {"128x64": [[1, 0]]}]
+    else:
+        assignment, orders = [["128x64"], []], [{"128x64": [[0, 1, 2, 3, 4]]}, {}]
+    workers = [_worker_dir(tmp_path, i, assignment[i], [{**row, "case": "ab"[i]}], orders[i]) for i in (0, 1)]
+    merged = spread.merge(suite, workers[:1 + split], "run", _plan(suite, assignment, split))
+    expected = ({"128x64/layer0": [[0, 1, 2]], "128x64/layer1": [[1, 0]]} if split
+                else {"128x64": [[0, 1, 2, 3, 4]]})
+    assert merged["schedule_orders"] == expected
+    assert sorted(merged["schedule"]["cases"]) == sorted(expected)
+    assert merged["schedule"]["rounds"] == 3  # the fewest of any card
+    assert merged["aa_pairs"] == [{"a": "x", "b": "y0"}, {"a": "x", "b": "y1"}][:1 + split]
+    assert merged["env"]["spread"]["assignment"] == {f"gpu{i}": assignment[i] for i in range(1 + split)}
+    assert [r["extra"]["device"]["uuid"] for r in merged["cases"] if r["case"] in "ab"] == ["GPU-0", "GPU-1"][:1 + split]
+    twice = [_worker_dir(tmp_path / "twice", i, ["128x64/layer0", "128x64/layer1"][i:i + 1], [row], {})
+             for i in (0, 1)]
     with pytest.raises(SchemaError, match="appears twice"):
-        spread.merge(suite, twice, "run", {})
+        spread.merge(suite, twice, "run", _plan(suite, [["128x64/layer0"], ["128x64/layer1"]], True))
 
 
-def test_the_e2e_table_is_one_more_group_run_by_one_worker(tmp_path):
+def test_group_keys_name_the_layers_a_card_holds_of_a_split_resolution(tmp_path):
+    suite = load_suite("bench-2048")
+    plan = _plan(suite, [["2048x2048/layer0", "2048x2048/layer2"], ["2048x2048/layer1", "2048x2048/layer3"]], True)
+    workers = [spread.Worker(i, units, tmp_path / f"gpu{i}") for i, units in enumerate(plan.assignment)]
+    assert spread.group_keys(plan, workers) == {(0, "2048x2048"): "2048x2048/layer0+layer2",
+                                                (1, "2048x2048"): "2048x2048/layer1+layer3"}
+    whole = _plan(suite, [list(spread.units_of(suite, True))], True)  # every layer on one card: its plain key
+    assert spread.group_keys(whole, [spread.Worker(0, whole.assignment[0], tmp_path)]) == {(0, "2048x2048"): "2048x2048"}
+
+
+def test_a_dead_worker_fails_its_own_sub_group_with_its_twins(tmp_path):
+    path = tmp_path / "layered.toml"
+    path.write_text(LAYERED_SUITE)
+    suite = load_suite(path)
+    plan = _plan(suite, [["128x64/layer0"], ["128x64/layer1"]], True)
+    alive = _worker_dir(tmp_path, 0, ["128x64/layer0"], [], {})
+    dead = spread.Worker(1, ["128x64/layer1"], tmp_path / "gpu1")
+    dead.returncode = 3
+    alive_rows = [{"kind": "kernel", "case": case.case_id, "status": "ok", "reason": None}
+                  for case in plan.units["128x64/layer0"]]
+    (alive.directory / "results.json").write_text(json.dumps({**json.loads((alive.directory / "results.json")
+                                                                           .read_text()), "cases": alive_rows}))
+    merged = spread.merge(suite, [alive, dead], "run", plan)
+    failed = [row for row in merged["cases"] if row["status"] == "failed"]
+    assert sorted(row["case"] for row in failed) == sorted(case.case_id for case in plan.units["128x64/layer1"])
+    assert all(row["device_index"] == 1 and "exit code 3" in row["reason"] for row in failed)
+    assert {row.get("aa_of") for row in failed} == {None, "128x64/sdpa_math/layer1"}
+    assert merged["complete"] is False
+
+
+def test_the_e2e_table_is_one_more_unit_run_by_one_worker(tmp_path):
     path = tmp_path / "with-e2e.toml"
     path.write_text(TINY_SUITE.replace('metrics = ["timing"]', 'metrics = ["timing", "e2e"]')
                     + '[e2e]\nmodel = "tiny"\nresolutions = ["128x128"]\n')
-    costs = spread.group_costs(load_suite(path))
-    assert spread.E2E_GROUP in costs and len(costs) == 5
-    assignment = spread.plan(costs, 3)
-    holders = [groups for groups in assignment if spread.E2E_GROUP in groups]
+    plan = spread.spread_plan(load_suite(path), 3)
+    assert spread.E2E_GROUP in plan.costs and len(plan.costs) == 5
+    holders = [units for units in plan.assignment if spread.E2E_GROUP in units]
     assert len(holders) == 1
-    payload = spread.worker_payload(spread.Selection(str(path)), holders[0], tmp_path / "gpu0", "cuda:0")
-    assert payload["e2e"] is True and spread.E2E_GROUP not in payload["resolutions"]
-    others = [g for g in assignment if g not in holders]
-    assert all(spread.worker_payload(spread.Selection(str(path)), g, tmp_path, "cpu")["e2e"] is False
-               for g in others)
+    selection = spread.Selection(str(path))
+    payload = spread.worker_payload(selection, plan, holders[0], tmp_path / "gpu0", "cuda:0")
+    assert payload["e2e"] is True and "e2e" in spread.worker_suite(payload).metrics
+    assert all(part[0] != spread.E2E_GROUP for part in payload["parts"])
+    for units in (u for u in plan.assignment if u not in holders):
+        other = spread.worker_payload(selection, plan, units, tmp_path, "cpu")
+        assert other["e2e"] is False and "e2e" not in spread.worker_suite(other).metrics
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a host without CUDA")

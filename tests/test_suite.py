@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import textwrap
+from collections import defaultdict
 
 import pytest
 
+from baselines import registry
 from harness.apps.e2e import E2ESettings
 from harness.core.suite import (
     LAYERED_CATEGORIES,
@@ -44,6 +46,7 @@ def marked_line(text: str) -> int:
 # ---- shipped suites --------------------------------------------------------------------------------------
 
 SHIPPED = ["smoke", "bench-1024", "bench-2048", "bench-4096", "bench-ci", "density-sweep", "e2e-flux"]
+BENCH = ["bench-1024", "bench-2048", "bench-4096"]  # the comparison suites, one per size
 
 
 def test_every_required_suite_is_shipped():
@@ -62,7 +65,7 @@ def test_shipped_suite_loads_with_unique_cases(name):
             assert case.problem.layer == 0, case.case_id
 
 
-@pytest.mark.parametrize("name", ["bench-1024", "bench-2048", "bench-ci", "density-sweep"])
+@pytest.mark.parametrize("name", [*BENCH, "bench-ci", "density-sweep"])
 def test_bench_suites_time_against_a_dense_reference(name):
     suite = load_suite(name)
     assert any(entry.method.dense_reference for entry in suite.methods)
@@ -75,6 +78,44 @@ def test_bench_2048_runs_hilberta_at_every_phase_and_dense_once():
     assert layers == {0, 1, 2, 3}
     assert [case.problem.layer for case in cases if case.method.name == "sdpa_cudnn"] == [0]
     assert {case.problem.resolution for case in cases} == {"2048x2048"}
+
+
+def _phases_per_method(suite, resolution: str) -> dict[str, set[int]]:
+    phases = defaultdict(set)
+    for case in suite.cases():
+        if case.problem.resolution == resolution:
+            phases[case.method_name].add(case.problem.layer)
+    return phases
+
+
+@pytest.mark.parametrize("name", BENCH)
+def test_bench_suites_run_fa4_flex_and_our_kernel_side_by_side(name):
+    """Per resolution: FA4 and Flex dense, HilbertA's mask through Flex, and HilbertA T=4 and T=16 at every
+    sliding phase through our kernel and through FA4 block sparsity."""
+    suite = load_suite(name)
+    for problem in suite.problems():
+        phases = _phases_per_method(suite, problem.resolution)
+        assert {"fa4_dense", "flex_dense", "hilberta_flex_t16"} <= set(phases)
+        for method in ("hilberta_t4", "hilberta_t16", "hilberta_fa4_t4", "hilberta_fa4_t16"):
+            assert phases[method] == {0, 1, 2, 3}, (problem.resolution, method)
+
+
+@pytest.mark.parametrize("name", BENCH)
+def test_bench_suites_time_sta_and_na_at_matched_density_with_their_fa4_twins(name):
+    suite = load_suite(name)
+    assert suite.matched_density == (16,)
+    for problem in suite.problems():
+        phases = _phases_per_method(suite, problem.resolution)
+        specs = registry.matched_density(problem, 16)
+        assert {spec["method"] for spec in specs} == {"sta", "sta_fa4", "na", "na_fa4"}, problem.resolution
+        for spec in specs:
+            assert phases[registry.resolve(spec).name] == {0}, spec
+
+
+def test_bench_2048_profiles_fa4_traffic_next_to_ours():
+    suite = load_suite("bench-2048")
+    profiled = {case.method_name for case in suite.cases() if suite.traffic.covers(case)}
+    assert {"fa4_dense", "hilberta_fa4_t16", "hilberta_fa4_t4", "hilberta_t16", "sdpa_cudnn"} <= profiled
 
 
 def test_some_shipped_suite_has_a_non_square_resolution():

@@ -237,6 +237,35 @@ def test_store_from_results_stores_what_the_tune_would_have_stored(winner, fake_
     assert entry["from_results"] == results_path.parent.name
 
 
+@pytest.mark.parametrize("winner, stages", [("tuned", ["coarse", "refine", "final"]),
+                                           ("default", ["coarse", "refine"])])  # the default won: no head-to-head
+def test_tune_records_the_round_orders_of_every_pass(winner, stages, fake_kernel, tmp_path):
+    """Each timing pass is a group of results ``schedule_orders``, as the runner records its groups: the
+    candidates' case ids and per round a permutation of their indices, so no config won by its slot."""
+    fast, slow = KernelConfig(64, 32, 4, 1), KernelConfig(64, 32, 4, 2)
+    script = {FAKE_DEFAULT: dense, fast: sleepy, slow: sleepy} if winner == "default" else \
+        {FAKE_DEFAULT: sleepy, fast: dense, slow: sleepy}
+    fake_kernel(script)
+    _, results_path = tune.tune(["fake"], settings(), FAST_PLAN, torch.device("cpu"), tmp_path / "run", write=False)
+    results = json.loads(results_path.read_text())
+    label = f"{TINY.resolution}/fake"
+    groups = {f"{label}/{stage}": getattr(FAST_PLAN, stage) for stage in stages}
+    orders = results["schedule_orders"]
+    assert set(orders) == set(results["schedule"]["cases"]) == set(groups)
+    assert results["schedule"]["kind"] == "interleaved-single-call"
+    assert results["schedule"]["rounds"] == min(len(group_orders) for group_orders in orders.values())
+    rows = {r["case"]: r for r in results["cases"]}
+    for group, policy in groups.items():
+        cases = results["schedule"]["cases"][group]
+        assert policy["rounds"] <= len(orders[group]) <= policy["max_samples"]
+        assert all(sorted(order) == list(range(len(cases))) for order in orders[group])
+        assert set(cases) <= set(rows) and all(rows[case]["status"] == "ok" for case in cases)
+    assert len(results["schedule"]["cases"][f"{label}/coarse"]) == 3  # every correct candidate
+    for r in rows.values():  # a row's samples come from the pass its stage names, one call per round
+        group = f"{label}/{r['extra']['stage']}"
+        assert r["case"] in results["schedule"]["cases"][group] and len(r["samples_ms"]) == len(orders[group])
+
+
 def test_store_from_results_refuses_a_cpu_run(fake_kernel, tmp_path):
     fake_kernel({FAKE_DEFAULT: dense})
     _, results_path = tune.tune(["fake"], settings(), FAST_PLAN, torch.device("cpu"), tmp_path / "run", write=False)

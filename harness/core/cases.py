@@ -156,6 +156,7 @@ class Suite:
     e2e: Mapping | None
     gate: GateThresholds
     control: AAControl = AAControl()
+    parts: frozenset[tuple[str, int]] | None = None  # select(parts=...): only these (resolution, layer); None: all
 
     def problems(self) -> list[Problem]:
         """One problem per resolution, at layer 0."""
@@ -183,6 +184,8 @@ class Suite:
             group = []
             for entry in self.entries_for(problem):
                 for layer in self.entry_layers(entry):
+                    if self.parts is not None and (problem.resolution, layer) not in self.parts:
+                        continue
                     case = CaseSpec(replace(problem, layer=layer), entry.method, entry.spec, entry.group)
                     if case.case_id not in seen:
                         seen.add(case.case_id)
@@ -191,10 +194,16 @@ class Suite:
         return cases
 
     def select(self, methods: Iterable[str] | None = None, resolutions: Iterable[str] | None = None,
-               quick: bool = False) -> Suite:
-        """This suite restricted to some methods (names or families; new names are added) or resolutions,
+               quick: bool = False, parts: Iterable[tuple[str, int]] | None = None) -> Suite:
+        """This suite restricted to some methods (names or families; new names are added), resolutions or
+        ``(resolution, layer)`` parts of its plan (a spread worker's share; A/A twins follow their originals),
         or with `--quick` budgets. Bad names raise ValueError."""
         suite = self
+        if parts is not None:
+            parts = frozenset((res, int(layer)) for res, layer in parts)
+            held = {res for res, _ in parts}
+            suite = replace(suite.select(resolutions=[res for res in suite.resolutions if res in held]
+                                         + sorted(held - set(suite.resolutions))), parts=parts)
         if methods is not None:
             suite = replace(suite, methods=tuple(_select_methods(suite.methods, list(methods))),
                             matched_density=())

@@ -7,6 +7,12 @@ target's NVTX range, i.e. one warmed-up call of the method. It sums DRAM bytes r
 (``--cache-control all``), so the byte counts are cold-L2 counts and ``kernel_ms`` is a replay duration:
 useful for achieved bandwidth, never to be mixed with latency numbers.
 
+The same pass reads the SM counters of `harness.measure.ncu_counters` (tensor pipe, occupancy, SM throughput,
+stall reasons; duration-weighted over the call's kernels). Only counters that ``ncu --query-metrics`` lists
+are asked for (the listing is read once, by the availability probe's run); if ncu still refuses a name
+("Failed to find metric"), the call is profiled again with the byte and duration metrics alone, so an
+unknown counter never costs the byte counts, and later calls leave that name out.
+
 ncu needs access to the GPU's performance counters, which some machines refuse (ERR_NVGPUCTRPERM):
 `ncu_available` probes once with a real profiled matmul and turns any failure into a reason.
 """
@@ -30,6 +36,15 @@ import torch
 
 from baselines.base import Availability
 from harness import PROJECT_ROOT
+from harness.measure.ncu_counters import (
+    COUNTER_METRICS,
+    choose_metrics,
+    counter_value,
+    empty_counters,
+    parse_metric_listing,
+    unknown_metric,
+    weighted_counters,
+)
 from harness.measure.power import unavailable
 
 MEASURED_RANGE = "hilberta_bench_measured"  # the NVTX range ncu profiles; harness.core.ncu_target opens it
@@ -55,6 +70,8 @@ KNOWN_NCU_ERRORS = {
     "ERR_NVGPUCTRPERM": "no permission to read GPU performance counters",
     "ERR_NVGPUCTRBUSY": "the performance counters are in use by another tool (e.g. DCGM)",
 }
+# ncu binary -> the names it refused in this process ("Failed to find metric"): never asked for again
+REFUSED_COUNTERS: dict[str, set[str]] = {}
 KERNEL_MS_NOTE = "ncu replay duration with cold L2 and clock-control none: for bandwidth only, not a latency"
 PROBE_CODE = f"""
 import torch
@@ -91,7 +108,7 @@ def parse_ncu_csv(text: str) -> list[dict]:
     ``[{"id": int, "kernel": name, "metrics": {ncu metric: value in bytes or ns}}]``.
 
     ``==PROF==``/``==WARNING==`` lines and anything before the header are skipped; only the metrics in
-    `NCU_METRICS` are kept. No header means no launches.
+    `NCU_METRICS` (bytes, ns) and `COUNTER_METRICS` (%, ratios) are kept. No header means no launches.
     """
     lines = text.splitlines()
     header = next((i for i, line in enumerate(lines) if line.startswith('"ID",')), None)
@@ -107,11 +124,14 @@ def parse_ncu_csv(text: str) -> list[dict]:
         launch = launches.setdefault(launch_id, {"id": launch_id, "kernel": row["Kernel Name"], "metrics": {}})
         if metric in NCU_METRICS:
             launch["metrics"][metric] = _metric_value(row["Metric Value"], row["Metric Unit"], metric)
+        elif metric in COUNTER_METRICS:
+            launch["metrics"][metric] = counter_value(row["Metric Value"], row["Metric Unit"])
     return [launches[key] for key in sorted(launches)]
 
 
 def summarize_launches(launches: list[dict]) -> dict:
-    """Sums over the launches; a metric missing from any launch makes its total None (never a guess)."""
+    """Byte and duration sums over the launches, and the SM counters' duration-weighted means
+    (`weighted_counters`); a metric missing from any launch makes its total or mean None (never a guess)."""
     totals = {}
     for metric, key in NCU_METRICS.items():
         values = [launch["metrics"].get(metric) for launch in launches]
@@ -128,6 +148,7 @@ def summarize_launches(launches: list[dict]) -> dict:
         "kernel_ms": None if kernel_ns is None else kernel_ns / 1e6,
         "kernel_ms_note": KERNEL_MS_NOTE,
         "achieved_dram_gbps": dram / kernel_ns if dram is not None and kernel_ns else None,  # bytes/ns = GB/s
+        **weighted_counters(launches),
     }
 
 
@@ -144,10 +165,13 @@ def failure_reason(output: str) -> str:
     return lines[-1] if lines else "ncu printed nothing"
 
 
-def ncu_command(ncu: str, csv_path: Path, target: list[str], kernel_regex: str | None = None) -> list[str]:
+def ncu_command(ncu: str, csv_path: Path, target: list[str], kernel_regex: str | None = None,
+                metrics: list[str] | None = None) -> list[str]:
+    """The ncu command line; ``metrics`` defaults to the byte metrics and every counter."""
+    metrics = metrics or [*NCU_METRICS, *COUNTER_METRICS]
     command = [ncu, "--clock-control", "none", "--target-processes", "all",
                "--nvtx", "--nvtx-include", f"{MEASURED_RANGE}/",  # trailing slash: a push/pop range
-               "--metrics", ",".join(NCU_METRICS), "--csv", "--print-units", "base", "--log-file", str(csv_path)]
+               "--metrics", ",".join(metrics), "--csv", "--print-units", "base", "--log-file", str(csv_path)]
     if kernel_regex:
         command += ["--kernel-name", f"regex:{kernel_regex}"]
     return command + target
@@ -169,23 +193,53 @@ def _run(command: list[str], timeout_s: float) -> tuple[int | None, str]:
     return process.returncode, output
 
 
-def _profile(target: list[str], csv_path: Path, kernel_regex: str | None, timeout_s: float) -> dict:
-    ncu = find_ncu()
-    if ncu is None:
-        return unavailable(NOT_FOUND)
-    command = ncu_command(ncu, csv_path, target, kernel_regex)
-    code, output = _run(command, timeout_s)
+@functools.cache
+def metric_listing(ncu: str) -> frozenset[str] | None:
+    """The base metric names ``ncu --query-metrics`` lists for the attached GPU, read once per ncu binary;
+    None when the listing failed or lacks the DRAM counters (then every counter is asked for)."""
+    code, output = _run([ncu, "--query-metrics"], timeout_s=120)
+    names = parse_metric_listing(output) if code == 0 else frozenset()
+    return names if "dram__bytes_read" in names else None
+
+
+def _profile_once(ncu: str, metrics: list[str], target: list[str], csv_path: Path, kernel_regex: str | None,
+                  timeout_s: float) -> tuple[dict, str]:
+    """One ncu run: (result, everything ncu and the target printed)."""
+    code, output = _run(ncu_command(ncu, csv_path, target, kernel_regex, metrics), timeout_s)
     log_path = csv_path.with_suffix(".log")
     log_path.write_text(output)
     report = csv_path.read_text() if csv_path.exists() else ""
     paths = {"csv_path": str(csv_path), "log_path": str(log_path)}
     if code is None:
-        return {"status": "failed", "reason": f"ncu ran past {timeout_s} s", **paths}
+        return {"status": "failed", "reason": f"ncu ran past {timeout_s} s", **paths}, report + "\n" + output
     launches = parse_ncu_csv(report)
     if code != 0 or not launches:
         reason = failure_reason(report + "\n" + output)
-        return {"status": "failed", "reason": f"ncu exit code {code}, {len(launches)} launches: {reason}", **paths}
-    return {"status": "ok", **summarize_launches(launches), **paths}
+        result = {"status": "failed", "reason": f"ncu exit code {code}, {len(launches)} launches: {reason}", **paths}
+        return result, report + "\n" + output
+    return {"status": "ok", **summarize_launches(launches), **paths}, ""
+
+
+def _profile(target: list[str], csv_path: Path, kernel_regex: str | None, timeout_s: float) -> dict:
+    """Bytes and counters of the target's measured range. If ncu refuses a counter's name, this call is
+    profiled again with the byte metrics only and the name is not asked for again by this process (the
+    availability probe usually meets it first, so the cases keep their other counters)."""
+    ncu = find_ncu()
+    if ncu is None:
+        return unavailable(NOT_FOUND)
+    refused_before = REFUSED_COUNTERS.setdefault(ncu, set())
+    metrics, skipped = choose_metrics(list(NCU_METRICS), metric_listing(ncu), refused_before)
+    result, output = _profile_once(ncu, metrics, target, csv_path, kernel_regex, timeout_s)
+    refused = unknown_metric(output) if result["status"] == "failed" else None
+    if refused is None:
+        return {**result, "counters_reason": None, "counters_skipped": skipped} if result["status"] == "ok" else result
+    refused_before.add(refused)
+    bytes_csv = csv_path.with_name(f"{csv_path.stem}-bytes-only{csv_path.suffix}")
+    retry, _ = _profile_once(ncu, list(NCU_METRICS), target, bytes_csv, kernel_regex, timeout_s)
+    if retry["status"] != "ok":
+        return retry
+    why = f"ncu refused the counter {refused!r} ({result['log_path']}): profiled again with the byte metrics only"
+    return {**retry, **empty_counters(why, skipped)}
 
 
 @functools.cache
@@ -219,8 +273,9 @@ def _file_stem(case_spec: dict, spec: dict) -> str:
 
 def measure_traffic(case_spec: dict, out_dir: str | Path, kernel_regex: str | None = None,
                     timeout_s: float = 600, warmup: int = 3) -> dict:
-    """DRAM/L2 bytes and kernel time of one call of ``case_spec = {"method": registry spec, "problem":
-    Problem.to_dict()}``, or ``{"status": "unavailable" | "failed", "reason", ...}``.
+    """DRAM/L2 bytes, kernel time and SM counters (`harness.measure.ncu_counters`) of one call of
+    ``case_spec = {"method": registry spec, "problem": Problem.to_dict()}``, or ``{"status": "unavailable" |
+    "failed", "reason", ...}``.
 
     ``kernel_regex`` restricts the sum to matching kernel names (ncu ``--kernel-name regex:``); the raw
     CSV and ncu's log are kept in ``out_dir``.

@@ -2,9 +2,10 @@
 
 The verdict is the dict the gate writes as ``verdict.json`` (harness/apps/gate/compare.py: "verdict",
 "exit_code", "message", "warning", "threshold_pct", "per_case_thresholds", "alpha", "level", "cases" with
-"outcome", "ratio", "ci", "p_value", "ref_median_ms", "cand_median_ms", "threshold_pct", "reason"). It is
-rendered as it is: same outcomes, same thresholds; the report never re-judges. Without a verdict (or when
-the gate refused the pair) the section shows plain ratios of medians and says they are not judged.
+"outcome", "ratio", "ci", "between_runs", "p_value", "ref_median_ms", "cand_median_ms", "threshold_pct",
+"reason"; "history": the reference's stored runs that "between_runs" spans). It is rendered as it is:
+same outcomes, same thresholds; the report never re-judges. Without a verdict (or when the gate refused the
+pair) the section shows plain ratios of medians and says they are not judged.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import pandas as pd
 
 from reports import figures
 from reports.blocks import Definitions, Paragraph, Section
-from reports.formatting import fmt_float, fmt_interval, fmt_ms, fmt_signed_pct, fmt_text
+from reports.formatting import MISSING, fmt_float, fmt_interval, fmt_ms, fmt_signed_pct, fmt_text
 from reports.run import Run
 from reports.tables import Column, build_table
 
 ID, TITLE = "compare", "Comparison with a reference run"
 NOT_JUDGED = "not judged"
-CASE_FIELDS = ["case", "outcome", "ratio", "ci_lo", "ci_hi", "p_value", "ref_median_ms", "cand_median_ms",
-               "threshold_pct", "reason"]
+CASE_FIELDS = ["case", "outcome", "ratio", "ci_lo", "ci_hi", "between_runs", "p_value", "ref_median_ms",
+               "cand_median_ms", "threshold_pct", "reason"]
 
 COLUMNS = [
     Column("case", "case"),
@@ -31,6 +32,8 @@ COLUMNS = [
     Column("candidate_ms", "candidate median ms", fmt_ms, numeric=True),
     Column("delta", "change", fmt_signed_pct, numeric=True, tip="candidate median / reference median − 1"),
     Column("ratio_ci", "95 % CI of ratio", tip="the gate's bootstrap interval of candidate / reference"),
+    Column("between_runs", "between-run spread",
+           tip="max / min − 1 of this case's median over the reference's stored runs (the gate's between_runs)"),
     Column("p_value", "p-value", fmt_float, numeric=True, tip="the gate's Mann-Whitney U test"),
     Column("threshold_pct", "threshold %", fmt_float, numeric=True, tip="the gate's threshold for this case"),
     Column("outcome", "outcome"),
@@ -54,12 +57,21 @@ def _medians(run: Run) -> pd.Series:
     return timed.drop_duplicates("case").set_index("case")["median_ms"]
 
 
+def fmt_between_runs(between: object) -> str:
+    """The gate's ``between_runs`` of a case: ``3.0 % (3 runs)``, ``1 run`` (no spread), or MISSING."""
+    if not isinstance(between, Mapping) or not between.get("runs"):
+        return MISSING
+    runs, pct = between["runs"], between.get("spread_pct")
+    return f"{runs} run{'s' if runs != 1 else ''}" if pct is None else f"{fmt_float(pct)} % ({runs} runs)"
+
+
 def _verdict_frame(verdict: Mapping) -> pd.DataFrame:
     records = []
     for case in verdict["cases"]:
         ci = case.get("ci") if isinstance(case.get("ci"), list) and len(case["ci"]) == 2 else [None, None]
         records.append({**{key: case.get(key) for key in CASE_FIELDS}, "case": str(case.get("case")),
-                        "outcome": str(case.get("outcome")), "ci_lo": ci[0], "ci_hi": ci[1]})
+                        "outcome": str(case.get("outcome")), "ci_lo": ci[0], "ci_hi": ci[1],
+                        "between_runs": fmt_between_runs(case.get("between_runs"))})
     return pd.DataFrame.from_records(records, columns=CASE_FIELDS)
 
 
@@ -80,6 +92,11 @@ def _rule(verdict: Mapping) -> Definitions:
                       f"1 + threshold and Mann-Whitney p < {fmt_text(verdict.get('alpha'))}")]
     if verdict.get("allow_missing"):
         items.append(("allowed missing", fmt_text(verdict["allow_missing"])))
+    history = verdict.get("history")
+    if isinstance(history, Mapping):
+        run_ids = ", ".join(map(str, history.get("run_ids") or []))
+        items.append(("between runs", f"spread of each case's median over the reference's "
+                                      f"{fmt_text(history.get('runs'))} runs: {fmt_text(run_ids)}"))
     return Definitions(items, caption="The gate's verdict, as it wrote it")
 
 

@@ -4,6 +4,11 @@ Ceilings come from `reports.ceilings` (measured in the run, else the datasheet s
 load; the caption says which). Arithmetic intensity = effective (unmasked) FLOPs / DRAM bytes read and
 written (filled points) and / L2 bytes (open points). Timed methods missing from the roofline are listed
 with the reason.
+
+The same ncu pass reads SM counters (`harness.measure.ncu_counters`): tensor-pipe utilisation, achieved
+occupancy, SM throughput and the top warp stall reasons in cycles per issued instruction, each a mean over
+the call's kernels weighted by their duration. They sit in a second table, the why next to the how fast
+(a kernel short of the tensor peak: pipe idle, few warps, or warps waiting on what).
 """
 
 from __future__ import annotations
@@ -13,8 +18,18 @@ import pandas as pd
 from reports import figures
 from reports.blocks import Paragraph, Section
 from reports.ceilings import ceilings
-from reports.formatting import fmt_bytes, fmt_gbps, fmt_ms, fmt_ratio, fmt_text
-from reports.rows import timed_kernels
+from reports.formatting import (
+    MISSING,
+    fmt_bytes,
+    fmt_gbps,
+    fmt_ms,
+    fmt_pct,
+    fmt_ratio,
+    fmt_text,
+    number_or_none,
+    significant,
+)
+from reports.rows import dig, timed_kernels
 from reports.run import Run
 from reports.sections.common import CASE_COLUMNS, missing_measurement_note
 from reports.tables import Column, build_table
@@ -37,6 +52,81 @@ COLUMNS = [
 ]
 
 
+# The SM counters' paths in a results row (harness.measure.ncu_counters writes them into "traffic"); numbers
+# in % (0-100) or cycles per issued instruction. reports.rows does not map them, so they are read here.
+COUNTER_PATHS = {
+    "tensor_pipe_pct": ("traffic", "tensor_pipe_pct"),
+    "achieved_occupancy_pct": ("traffic", "achieved_occupancy_pct"),
+    "sm_throughput_pct": ("traffic", "sm_throughput_pct"),
+    "warp_cycles_per_issue": ("traffic", "warp_cycles_per_issue"),
+}
+TOP_STALLS_PATH = ("traffic", "top_stalls")
+COUNTERS_REASON_PATH = ("traffic", "counters_reason")
+STALLS_TIP = ("the three largest warp stall reasons (ncu smsp__average_warps_issue_stalled_<reason>_per_issue_active), "
+              "in warp cycles per issued instruction; 'of' is the total cycles between two issued instructions "
+              "of a warp, the issue cycle included")
+
+COUNTER_COLUMNS = [
+    *CASE_COLUMNS,
+    Column("tensor_pipe", "tensor pipe", fmt_pct, numeric=True,
+           tip="tensor pipe cycles active, % of peak over active SM cycles (ncu sm__pipe_tensor_cycles_active; "
+               "else the busier of its hmma/gmma sub-pipes)"),
+    Column("achieved_occupancy", "achieved occupancy", fmt_pct, numeric=True,
+           tip="active warps / warp slots over active cycles (ncu sm__warps_active)"),
+    Column("sm_throughput", "SM throughput", fmt_pct, numeric=True,
+           tip="busiest SM unit, % of its peak over elapsed time (ncu sm__throughput)"),
+    Column("top_stalls_text", "top 3 stall reasons (cycles per issued instruction)", fmt_text, tip=STALLS_TIP),
+]
+
+
+def stalls_text(top: object, total: object) -> str | None:
+    """``[{"reason", "cycles_per_issue"}, ...]`` as "long scoreboard 3.12, barrier 1.20 (of 8.04)"; None if empty."""
+    if not isinstance(top, list):
+        return None
+    parts = []
+    for stall in top:
+        value = number_or_none(stall.get("cycles_per_issue")) if isinstance(stall, dict) else None
+        if value is not None:
+            parts.append(f"{str(stall.get('reason', '?')).replace('_', ' ')} {significant(value)}")
+    if not parts:
+        return None
+    total = number_or_none(total)
+    return ", ".join(parts) + (f" (of {significant(total)})" if total is not None else "")
+
+
+def with_counters(frame: pd.DataFrame, cases: list) -> pd.DataFrame:
+    """``frame`` (one row per results case, in order) with the SM counter columns: fractions for the
+    percentages (fmt_pct's scale), the stall text, and why the counters are missing."""
+    rows = [case if isinstance(case, dict) else {} for case in cases]
+    if len(rows) != len(frame):  # not built from these cases: no counters rather than another case's
+        rows = [{}] * len(frame)
+    values = {name: [number_or_none(dig(row, path)) for row in rows] for name, path in COUNTER_PATHS.items()}
+    frame = frame.copy()
+    for name in ("tensor_pipe", "achieved_occupancy", "sm_throughput"):
+        frame[name] = [None if v is None else v / 100 for v in values[f"{name}_pct"]]
+    frame["top_stalls_text"] = [stalls_text(dig(row, TOP_STALLS_PATH), total)
+                                for row, total in zip(rows, values["warp_cycles_per_issue"])]
+    frame["counters_reason"] = [dig(row, COUNTERS_REASON_PATH) for row in rows]
+    return frame
+
+
+def _counters_table(result: Section, measured: pd.DataFrame) -> None:
+    """The SM counters table, or a note when no traffic row carries them; rows that lack them say why."""
+    counted = measured[["tensor_pipe", "achieved_occupancy", "sm_throughput", "top_stalls_text"]].notna().any(axis=1)
+    if not counted.any():
+        result.add(Paragraph("No SM counters (tensor pipe, occupancy, stalls) in this run's ncu rows: recorded "
+                             "before they were collected, or ncu refused them.", css="note"))
+        return
+    result.add(build_table(measured, COUNTER_COLUMNS, caption=(
+        "Why a kernel is as fast as it is, from the same ncu pass: each value a mean over the call's kernels "
+        f"weighted by kernel duration under ncu; {MISSING} where ncu did not report it")))
+    missing = measured[~counted & measured["counters_reason"].notna()]
+    if not missing.empty:
+        why = "; ".join(f"{record['label']} at {record['resolution']}: {fmt_text(record['counters_reason'])}"
+                        for record in missing.drop_duplicates(["resolution", "method"]).to_dict("records"))
+        result.add(Paragraph(f"No SM counters for {why}.", css="note"))
+
+
 def _absent(timed: pd.DataFrame, plotted: pd.Series) -> str:
     """Timed methods that are not on the roofline, each with why."""
     on_chart = set(zip(timed.loc[timed["case"].isin(plotted), "resolution"], timed.loc[timed["case"].isin(plotted), "method"]))
@@ -52,7 +142,7 @@ def _absent(timed: pd.DataFrame, plotted: pd.Series) -> str:
 
 
 def section(run: Run) -> Section:
-    frame = run.frame
+    frame = with_counters(run.frame, run.results.get("cases") or [])
     measured = frame[frame["dram_bytes"].notna()].copy()
     if measured.empty:
         return Section.empty(ID, TITLE, missing_measurement_note(
@@ -60,6 +150,7 @@ def section(run: Run) -> Section:
     measured["excess"] = measured["dram_bytes"] / measured["compulsory_bytes"]
     result = Section(ID, TITLE)
     result.add(build_table(measured, COLUMNS, caption="DRAM and L2 bytes of one call, from ncu"))
+    _counters_table(result, measured)
     result.add_figure(figures.traffic_bars(measured.dropna(subset=["compulsory_bytes"])))
     points = measured.dropna(subset=["effective_flops", "tflops_effective"])
     points = points[points["dram_bytes"] > 0].assign(intensity=lambda f: f["effective_flops"] / f["dram_bytes"],

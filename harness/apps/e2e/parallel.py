@@ -20,7 +20,10 @@ layer; it runs with NCCL on GPUs and gloo on the CPU (the tests), NVLink multica
 power of two up to ``gpus`` (and ``gpus``), one ``torch.multiprocessing`` spawn per GPU count: step latency
 (``samples_ms``), all-to-all time per step (CUDA events around each exchange, separate instrumented pass),
 scaling efficiency ``t1 / (N * tN)`` and the output's difference from the one-GPU output of the same
-method. ``torchrun --nproc-per-node N -m harness.apps.e2e.parallel PAYLOAD.json`` runs one GPU count.
+method. A method that cannot run here (FA4 without flash-attn-4 or before Hopper, say) is asked once, before
+any process starts, and gets "unavailable" rows with the reason; when that leaves no dense method, `DENSE_FALLBACK`
+runs in its place, its rows naming what it stands in for and why (``e2e.dense_fallback``).
+``torchrun --nproc-per-node N -m harness.apps.e2e.parallel PAYLOAD.json`` runs one GPU count.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import torch
 import torch.distributed as dist
 
 from baselines.problem import DTYPES
-from baselines.registry import resolve
+from baselines.registry import resolve, spec_of
 from harness.apps.e2e.contenders import identity, processors  # processors: None without diffusers
 from harness.apps.e2e.flux_model import (
     FluxInputs,
@@ -60,6 +63,7 @@ from kernels.reference import relative_error
 BACKENDS = {"cuda": "nccl", "cpu": "gloo"}
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 PARALLEL = "ulysses: all-to-all over heads around each attention layer (torch.distributed)"
+DENSE_FALLBACK = "sdpa_cudnn"  # runs when every dense method asked for is unavailable here
 
 
 # ---- the all-to-all attention ----------------------------------------------------------------------------
@@ -243,9 +247,21 @@ def gpu_counts(gpus: int) -> list[int]:
     return sorted({1, gpus, *(2**i for i in range(1, gpus.bit_length()) if 2**i < gpus)})
 
 
+def runnable(methods: list, device: torch.device) -> tuple[list, dict[str, str], dict | None]:
+    """(the methods to measure, {name: why not} of the others, the dense fallback's note or None): an
+    unavailable method is dropped; if no dense method is left, `DENSE_FALLBACK` is added when it can run."""
+    refused = {m.name: avail.reason for m in methods for avail in [m.availability(device)] if not avail}
+    kept = [m for m in methods if m.name not in refused]
+    missing = [m.name for m in methods if m.dense_reference and m.name in refused]
+    fallback = resolve(DENSE_FALLBACK)
+    if not missing or any(m.dense_reference for m in kept) or not fallback.availability(device):
+        return kept, refused, None
+    return [*kept, fallback], refused, {"for": missing, "reason": "; ".join(f"{n}: {refused[n]}" for n in missing)}
+
+
 def run_parallel_cases(e2e_section, results_file, gpus: int, device_type: str | None = None) -> list[dict]:
     """Measure every (resolution, method) at each of `gpu_counts(gpus)` and add one row per count to
-    ``results_file``; returns the rows."""
+    ``results_file`` (unavailable methods: one row per count with the reason); returns the rows."""
     import torch.multiprocessing as mp
 
     settings = E2ESettings.from_section(e2e_section)
@@ -259,13 +275,21 @@ def run_parallel_cases(e2e_section, results_file, gpus: int, device_type: str | 
         raise ValueError(f"--gpus {gpus}: this host has {torch.cuda.device_count()} CUDA device(s)")
     spec = model_spec(settings.model)
     problems = [flux_problem(spec, w, h, settings.text_tokens, settings.dtype) for w, h in settings.resolutions]
-    methods = [resolve(name) for name in settings.methods]
+    asked = [resolve(name) for name in settings.methods]
+    methods, refused, fallback = runnable(asked, torch.device("cuda:0" if device_type == "cuda" else device_type))
+    section = {**settings.to_dict(), "methods": [spec_of(m) for m in methods]}
+    stand_in = methods[-1] if fallback else None  # listed right after the first dense method it replaces
+    shown = [m for method in asked for m in ([method, stand_in] if stand_in and method.name == fallback["for"][0]
+                                             else [method])]
+    if fallback:
+        print(f"no dense method can run here ({fallback['reason']}); {DENSE_FALLBACK} runs in its place",
+              file=sys.stderr)
     os.environ.update(NO_MULTICAST_ENV)  # inherited by the spawned processes
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="hilberta-sp-") as tmp:
         measured, outputs = {}, Path(tmp)
-        for world in gpu_counts(gpus):
-            payload = {"section": settings.to_dict(), "out": tmp, "device_type": device_type}
+        for world in gpu_counts(gpus) if methods else []:
+            payload = {"section": section, "out": tmp, "device_type": device_type}
             init = f"file://{outputs / f'rendezvous-{world}'}"
             try:
                 mp.spawn(rank_main, args=(world, payload, init), nprocs=world, join=True)
@@ -275,9 +299,15 @@ def run_parallel_cases(e2e_section, results_file, gpus: int, device_type: str | 
                                    for p in problems for m in methods}
         for problem in problems:
             references: dict[int, list[dict]] = {}
-            for method in methods:
-                for world in measured:
-                    row = _row(problem, method, world, measured, outputs, references.get(world, []))
+            for method in shown:
+                for world in gpu_counts(gpus):
+                    row = (_row(problem, method, world, measured, outputs, references.get(world, []))
+                           if method.name not in refused else
+                           Row(kind="e2e", case=f"{problem.resolution}/e2e-gpus{world}/{method.name}",
+                               problem=problem.to_dict(), status="unavailable", reason=refused[method.name],
+                               e2e={"gpus": world}, **identity(method)).to_dict())
+                    if method is stand_in:
+                        row.setdefault("e2e", {})["dense_fallback"] = fallback
                     results_file.add_case(row)
                     rows.append(row)
                     if row["dense_reference"] and row["status"] == "ok":
@@ -330,6 +360,8 @@ def parallel_table(rows: list[dict]) -> str:
     out = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
     out.insert(1, "  ".join("-" * width for width in widths))
     notes = [f"  {row['case']}: {row['status']}: {row['reason']}" for row in rows if row.get("reason")]
+    notes += [f"  {row['case']}: stands in for {', '.join(fb['for'])} ({fb['reason']})" for row in rows
+              for fb in [(row.get("e2e") or {}).get("dense_fallback")] if fb]
     return "\n".join(out + (["", "notes:", *notes] if notes else []))
 
 

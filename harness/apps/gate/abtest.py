@@ -108,8 +108,7 @@ class WorkerSession:
         self.ops = {"hello": self.hello, "prepare": self.prepare, "time": self.time}
 
     def hello(self, request: Mapping) -> dict:
-        return {"protocol": PROTOCOL, "root": str(PROJECT_ROOT),
-                "env": fingerprint(self.device)}
+        return {"protocol": PROTOCOL, "root": str(PROJECT_ROOT), "env": fingerprint(self.device)}
 
     def prepare(self, request: Mapping) -> dict:
         self.case = None  # release the previous case's tensors before building the next
@@ -276,9 +275,24 @@ def _failed_row(payload: Mapping, error: Exception) -> dict:
                problem=payload.get("problem"), status="failed", reason=str(error)).to_dict()
 
 
+def alternating_orders(n_sides: int, rounds: int) -> list[list[int]]:
+    """Each round's order of the sides (indices into the labels): A B, B A, A B, ..."""
+    return [list(range(n_sides))[::1 if index % 2 == 0 else -1] for index in range(rounds)]
+
+
+def schedule_fields(data: Mapping, case: str, labels: Sequence[str], policy: Mapping) -> dict:
+    """``schedule`` and ``schedule_orders`` with one timed case added, as the runner records a group: its
+    "cases" are the sides' labels, each round (``round_samples`` calls of one side) in `alternating_orders`."""
+    schedule = data.get("schedule") or {"kind": "ab-alternating-rounds", "rounds": policy["rounds"],
+                                        "round_samples": policy["round_samples"]}
+    orders = {**(data.get("schedule_orders") or {}), case: alternating_orders(len(labels), policy["rounds"])}
+    return {"schedule": {**schedule, "cases": {**schedule.get("cases", {}), case: list(labels)}},
+            "schedule_orders": orders}
+
+
 def time_case(pair: Mapping[str, WorkerProcess], payload: Mapping, rounds: int, round_samples: int) -> dict:
-    """Prepare one case in both workers and, when both can run it, time it in alternating rounds
-    (A B, B A, ...). Returns {label: results row}; a side whose request fails gets a "failed" row."""
+    """Prepare one case in both workers and, when both can run it, time it in alternating rounds (A B, B A,
+    ...: `alternating_orders`). Returns {label: results row}; a side whose request fails gets a "failed" row."""
     rows = {}
     for label, worker in pair.items():
         try:
@@ -288,10 +302,10 @@ def time_case(pair: Mapping[str, WorkerProcess], payload: Mapping, rounds: int, 
     if any(row.get("status") != "ok" for row in rows.values()):
         return rows  # nothing to compare; the gate reports the statuses
     samples: dict[str, list[float]] = {label: [] for label in pair}
-    order = list(pair)
-    for round_index in range(rounds):
+    labels = list(pair)
+    for round_index, order in enumerate(alternating_orders(len(labels), rounds)):
         warmup_ms = FIRST_WARMUP_MS if round_index == 0 else ROUND_WARMUP_MS
-        for label in order if round_index % 2 == 0 else order[::-1]:
+        for label in (labels[index] for index in order):
             try:
                 reply = pair[label].request("time", n=round_samples, warmup_ms=warmup_ms)
             except WorkerRequestError as exc:  # the call itself raised at this revision
@@ -326,8 +340,11 @@ def run_ab(repo: Path, revisions: Mapping[str, str], payloads: Sequence[Mapping]
                                                            "commit": commit}})
             files[label].write_env(pair[label].env)
         for payload in payloads:
-            for label, row in time_case(pair, payload, rounds, round_samples).items():
+            rows = time_case(pair, payload, rounds, round_samples)
+            for label, row in rows.items():
                 files[label].add_case(row)
+                if all(r.get("samples_ms") for r in rows.values()):  # both sides timed: their round orders
+                    files[label].set(**schedule_fields(files[label].data, payload["case"], list(rows), policy))
         return {label: results.data for label, results in files.items()}
 
 

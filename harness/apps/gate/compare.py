@@ -16,10 +16,11 @@ field (`harness.apps.gate.inputs`). A run that stopped early (``complete: false`
 References live in ``suites/references/<gpu-slug>/<suite>.json`` (see suites/references/README.md);
 ``--reference auto`` picks the one for the candidate's GPU and suite, and ``--update-reference`` stores
 the candidate there, on purpose and saying so (an incomplete run, or one with failed cases, only with
-``--force``). The default threshold and the mode come from ``--threshold`` (finite, > 0) and ``--mode``,
-else the ``[gate]`` table of this repository's suite of that name, else the one a stored reference
-recorded; never from a suite path that a results file names. ``[gate.overrides]`` (case-id glob ->
-percent) set per-case thresholds.
+``--force``), with the per-case medians of the last runs stored there (and of ``--history`` runs): each
+case's between-run spread is shown next to its CI (`harness.apps.gate.references`). The default threshold
+and the mode come from ``--threshold`` (finite, > 0) and ``--mode``, else the ``[gate]`` table of this
+repository's suite of that name, else the one a stored reference recorded; never from a suite path that a
+results file names. ``[gate.overrides]`` (case-id glob -> percent) set per-case thresholds.
 
 Outputs: exit code (0 pass, 1 fail, 2 unusable input or refused), ``verdict.json`` (the mode, the anchors,
 and per case the absolute and the anchored numbers), ``summary.md`` (a markdown table for
@@ -39,10 +40,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.apps.gate import abtest, inputs, ratio
+from harness.apps.gate import abtest, inputs, ratio, references
 from harness.apps.gate.inputs import (DEFAULT_THRESHOLD_PCT, check_threshold, env_value, gated_rows,
                                       is_incomplete, is_incorrect, run_info, stored_reference_path)
 from harness.apps.gate.ratio import ALPHA, DEFAULT_MODE, MODES
+from harness.apps.gate.references import spread_cell, store_reference
 
 EXIT_PASS, EXIT_FAIL, EXIT_UNUSABLE = 0, 1, 2
 
@@ -150,14 +152,13 @@ def compare(reference: Mapping, candidate: Mapping, threshold_pct: float = DEFAU
     noisy = _aa_disagreement(reference, candidate)
     if noisy:
         return _refusal(reference, candidate, noisy, verdict="unusable")
-    mismatches = [m for m in (inputs.env_mismatch(reference, candidate),
-                              inputs.fingerprint_mismatch(reference, candidate, ref_rows, cand_rows)) if m]
+    mismatches = inputs.mismatches(reference, candidate, ref_rows, cand_rows)
     if mismatches and not force:
         return _refusal(reference, candidate, f"Refused: {mismatches[0]}")
     if not ref_rows and not cand_rows:
         return _refusal(reference, candidate, "Refused: neither run has kernel or e2e cases to compare.")
 
-    ref_anchors, cases = ratio.anchors(ref_rows), []
+    ref_anchors, cases, history = ratio.anchors(ref_rows), [], references.history_of(reference)
     for case in [*ref_rows, *(c for c in cand_rows if c not in ref_rows)]:
         ref, cand = ref_rows.get(case), cand_rows.get(case)
         threshold = thresholds.threshold_for(case)
@@ -168,6 +169,7 @@ def compare(reference: Mapping, candidate: Mapping, threshold_pct: float = DEFAU
         entry = {"case": case, "kind": row.get("kind"), "method": row.get("method"), "threshold_pct": threshold,
                  **outcome}
         entry["fails"] = OUTCOMES[entry["outcome"]].fails
+        references.add_between_runs(entry, history)
         cases.append(entry)
     cases.sort(key=lambda e: (OUTCOMES[e["outcome"]].rank, -(ratio.deciding_ratio(e, mode) or 0.0), e["case"]))
 
@@ -178,15 +180,17 @@ def compare(reference: Mapping, candidate: Mapping, threshold_pct: float = DEFAU
     incomplete = _incomplete_note(reference, candidate)
     message = (f"{'PASS' if passed else 'FAIL'}: {failing} of {len(cases)} cases fail ({tally})"
                + (f". {incomplete}" if incomplete else ""))
+    noisy_runs = references.spread_warning(cases, mode)
     warnings = ([f"Forced: {m}" for m in mismatches] + ([incomplete] if incomplete else [])
-                + ratio.anchor_warnings(mode, cases))
+                + ratio.anchor_warnings(mode, cases) + ([noisy_runs] if noisy_runs else []))
     return {"schema": 1, "verdict": "pass" if passed else "fail", "exit_code": EXIT_PASS if passed else EXIT_FAIL,
             "message": message, "warning": " ".join(warnings) or None, "forced": bool(mismatches),
             "incomplete": [label for label, r in (("reference", reference), ("candidate", candidate))
                            if is_incomplete(r)],
             "threshold_pct": threshold_pct, "per_case_thresholds": dict(thresholds.overrides),
             "allow_missing": list(allow_missing), "alpha": ALPHA, "level": level, "mode": mode,
-            "anchors": ratio.anchor_table(ref_rows, cand_rows),
+            "anchors": ratio.anchor_table(ref_rows, cand_rows), "history": references.history_summary(history),
+            "spread_over_threshold": references.over_threshold(cases, mode),
             "reference": run_info(reference), "candidate": run_info(candidate), "counts": dict(counts),
             "cases": cases}
 
@@ -232,16 +236,18 @@ def summary_markdown(verdict: Mapping) -> str:
     mode = verdict.get("mode", DEFAULT_MODE)
     lines += [f"- Rule: regression when the whole {verdict['level']:.0%} CI of the median ratio (candidate / "
               f"reference) is above 1 + threshold and Mann-Whitney p < {verdict['alpha']}; "
-              f"default threshold {verdict['threshold_pct']:g}%", *ratio.mode_lines(verdict), "",
-              "| Case | Outcome | Ratio | CI | p | Vs anchor | CI vs anchor | Ref median ms | Cand median ms "
-              "| Threshold | Note |",
-              "|---|---|---:|---|---:|---:|---|---:|---:|---:|---|"]
+              f"default threshold {verdict['threshold_pct']:g}%", *ratio.mode_lines(verdict),
+              references.history_line(verdict), "",
+              "| Case | Outcome | Ratio | CI | Between runs | p | Vs anchor | CI vs anchor | Between runs vs anchor "
+              "| Ref median ms | Cand median ms | Threshold | Note |",
+              "|---|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---|"]
     for e in verdict["cases"]:
         outcome = f"**{e['outcome']}**" if e["fails"] else e["outcome"]
         anchored = e.get("anchored") or {}
         lines.append(f"| `{e['case']}` | {outcome} | {_fmt(e.get('ratio'), '.3f')} | {_ci(e.get('ci'))} "
-                     f"| {_fmt(e.get('p_value'), '.2g')} | {_fmt(anchored.get('ratio'), '.3f')} "
-                     f"| {_ci(anchored.get('ci'))} | {_fmt(e.get('ref_median_ms'), '.4g')} "
+                     f"| {spread_cell(e.get('between_runs'))} | {_fmt(e.get('p_value'), '.2g')} "
+                     f"| {_fmt(anchored.get('ratio'), '.3f')} | {_ci(anchored.get('ci'))} "
+                     f"| {spread_cell(anchored.get('between_runs'))} | {_fmt(e.get('ref_median_ms'), '.4g')} "
                      f"| {_fmt(e.get('cand_median_ms'), '.4g')} | {e['threshold_pct']:g}% | {_note(e, mode)} |")
     return "\n".join(lines) + "\n"
 
@@ -256,23 +262,6 @@ def write_outputs(verdict: Mapping, out_dir: str | os.PathLike) -> tuple[Path, P
     write_json_atomic(verdict_path, verdict)
     summary_path.write_text(summary_markdown(verdict))
     return verdict_path, summary_path
-
-
-def store_reference(candidate: Mapping, source: str, force: bool = False) -> Path:
-    """Copy a candidate run into its stored-reference place. Refuses (ValueError, saying why) a run that
-    could not gate anything, and, unless ``force``, one that is incomplete or has failed cases."""
-    always, unless_forced = inputs.storage_refusals(candidate, gated_rows(candidate, "the candidate"))
-    refusals = always + ([] if force else unless_forced)
-    if refusals:
-        hint = " (pass --force to store it anyway)" if not always else ""
-        raise ValueError(f"not storing run {candidate.get('run_id')} as a reference: {'; '.join(refusals)}{hint}")
-    from harness.core.results import utc_now, write_json_atomic
-
-    path = stored_reference_path(candidate)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {**candidate, "stored_reference": {"source": source, "stored": utc_now(),
-                                                               "forced": unless_forced if force else []}})
-    return path
 
 
 # ---- command line ----------------------------------------------------------------------------------------
@@ -293,12 +282,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="case ids or glob patterns that may be absent or unavailable in the candidate")
     parser.add_argument("--force", action="store_true",
                         help="compare runs from different GPU models, drivers, suites or problems; store an "
-                             "incomplete run or one with failed cases as the reference")
+                             "incomplete run or one with failed cases as the reference, or take such runs into "
+                             "its history")
     parser.add_argument("--level", type=float, default=0.95, help="confidence level of the ratio's CI")
     parser.add_argument("--out", metavar="DIR",
                         help="where verdict.json and summary.md go (default: the candidate's results dir)")
-    parser.add_argument("--update-reference", action="store_true",
-                        help="store the candidate as the reference for its GPU model and suite")
+    references.add_arguments(parser)
     abtest.add_arguments(parser)
 
 
@@ -356,12 +345,21 @@ def _gate_files(args: argparse.Namespace) -> int:
               f"python -m harness gate --candidate {args.candidate} --update-reference", file=sys.stderr)
         return EXIT_UNUSABLE
     if args.update_reference:  # a deliberate refresh: the comparison above was for information
-        stored_path = store_reference(candidate, str(args.candidate), force=args.force)
-        print(f"gate: stored run {candidate.get('run_id')} as the reference for "
-              f"{env_value(candidate, 'gpu_name') or 'no GPU'} / {candidate.get('suite')} in {stored_path} "
-              "(commit it to make CI gate against it)")
+        _store(args, candidate)
         return EXIT_PASS
     return code
+
+
+def _store(args: argparse.Namespace, candidate: Mapping) -> None:
+    """``--update-reference`` (with ``--history``): store the candidate and say what its history holds."""
+    seeded = [(_load(path), str(path)) for path in args.history]
+    stored_path, history, note = store_reference(candidate, str(args.candidate), force=args.force, history=seeded)
+    if note:
+        print(f"gate: {note}")
+    runs, gpu = ", ".join(str(h.get("run_id")) for h in history), env_value(candidate, "gpu_name") or "no GPU"
+    print(f"gate: stored run {candidate.get('run_id')} as the reference for {gpu} / {candidate.get('suite')} in "
+          f"{stored_path}, with the medians of {len(history)} run(s) ({runs}) for the between-run spread (commit "
+          "it to make CI gate against it)")
 
 
 def _gate_ab(args: argparse.Namespace) -> int:
@@ -380,6 +378,10 @@ def _gate_ab(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.ab:
         return _gate_ab(args)
+    if args.history and not args.update_reference:
+        print("error: gate: --history goes with --update-reference (it seeds the stored reference's history)",
+              file=sys.stderr)
+        return EXIT_UNUSABLE
     if not args.candidate or not (args.reference or args.update_reference):
         print("error: gate: give --candidate and --reference (or --update-reference), or --ab REV_A REV_B "
               "--suite NAME", file=sys.stderr)

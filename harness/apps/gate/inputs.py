@@ -181,6 +181,13 @@ def fingerprint_mismatch(reference: Mapping, candidate: Mapping, ref_rows: Mappi
     return None
 
 
+def mismatches(reference: Mapping, candidate: Mapping, ref_rows: Mapping, cand_rows: Mapping) -> list[str]:
+    """Why the two runs are not comparable (another GPU model or driver, `env_mismatch`; other problems,
+    `fingerprint_mismatch`): an empty list when they are."""
+    return [m for m in (env_mismatch(reference, candidate),
+                        fingerprint_mismatch(reference, candidate, ref_rows, cand_rows)) if m]
+
+
 # ---- thresholds --------------------------------------------------------------------------------------------
 
 def check_threshold(value, field: str) -> float:

@@ -130,7 +130,9 @@ def anchored(ref: Mapping, cand: Mapping, anchor_case: str | None, ref_rows: Map
 
 # ---- one timed case, in the suite's mode --------------------------------------------------------------------
 
-def _median(row: Mapping, samples: list) -> float | None:
+def median_of(row: Mapping) -> float | None:
+    """A row's median in ms: of its raw samples when it has them, else its recorded ``median_ms``."""
+    samples = row.get("samples_ms")
     return float(np.median(samples)) if samples else row.get("median_ms")
 
 
@@ -158,8 +160,8 @@ def timed_outcome(ref: Mapping, cand: Mapping, anchor_case: str | None, ref_rows
                      lambda a, b: stats.ratio_ci(a, b, level=level, n_boot=N_BOOT, seed=seed), threshold_pct)
     relative = anchored(ref, cand, anchor_case, ref_rows, cand_rows, threshold_pct, level, seed)
     outcome, reason = _combined(mode, absolute, relative)
-    return {"ref_n": len(ref_ms), "cand_n": len(cand_ms), "ref_median_ms": _median(ref, ref_ms),
-            "cand_median_ms": _median(cand, cand_ms),
+    return {"ref_n": len(ref_ms), "cand_n": len(cand_ms), "ref_median_ms": median_of(ref),
+            "cand_median_ms": median_of(cand),
             **{key: absolute[key] for key in ("ratio", "ci", "p_value") if key in absolute},
             "absolute_outcome": absolute["outcome"], "anchored": relative, "outcome": outcome, "reason": reason}
 

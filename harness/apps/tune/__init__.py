@@ -17,7 +17,8 @@ kernel's config space (`kernels.config.config_space`, narrowed to the knobs the 
 Winners are written with `kernels.config.store` into ``kernels/configs/<arch>.json`` under the same
 `config_key` the kernel looks up at launch; every candidate becomes a ``kind: "tune"`` row of
 ``results.json`` (its config as ``params``, with samples, status and reason) so the report can draw the
-sweep. The default budgets keep a full default tune under 10 minutes on an H100; ``--budget-s`` caps it.
+sweep, and each timing pass's round orders go into ``schedule``/``schedule_orders`` (group
+``<problem>/<stage>``, as the runner records its groups): no config is chosen by its slot in the rounds. The default budgets keep a full default tune under 10 minutes on an H100; ``--budget-s`` caps it.
 ``--dry-run`` lists the problems, the space and the plan without compiling anything.
 
 Modules: `settings` (what a tune is about), `targets` (the kernels), `search` (one problem), `store`

@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -62,6 +62,21 @@ def speedup_table(outcomes: list[ProblemOutcome]) -> str:
     return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header, *rows])
 
 
+def schedule_fields(data: Mapping, outcome: ProblemOutcome) -> dict:
+    """The run's ``schedule`` and ``schedule_orders`` with this problem's timing passes added, as the runner
+    records its groups: group ``<problem label>/<stage>`` (a row's ``extra.stage`` names the pass its samples
+    are from) -> the candidates' case ids, and per round the order of their indices. They show that every
+    config was called in every slot of the rounds, so none won by its place."""
+    schedule = dict(data.get("schedule") or {})
+    cases, orders = dict(schedule.get("cases") or {}), dict(data.get("schedule_orders") or {})
+    for stage, timed in outcome.passes.items():
+        group = f"{outcome.tune_problem.label}/{stage}"
+        cases[group], orders[group] = timed["cases"], timed["orders"]
+        schedule.update({key: timed["schedule"][key] for key in ("kind", "l2_flush", "seed")})
+    rounds = min((len(group_orders) for group_orders in orders.values()), default=0)
+    return {"schedule": {**schedule, "rounds": rounds, "cases": cases}, "schedule_orders": orders}
+
+
 def tune(kernels: Sequence[str], settings: TuneSettings, plan: TunePlan, device: torch.device, out_dir: Path,
          write: bool) -> tuple[list[ProblemOutcome], Path]:
     """Tune every problem of every kernel; write results.json and (if ``write``) the winners."""
@@ -82,6 +97,8 @@ def tune(kernels: Sequence[str], settings: TuneSettings, plan: TunePlan, device:
             for candidate in outcome.candidates:
                 results.add_case(candidate.row)
                 candidate.call = None  # let the problem's inputs and outputs go
+            if outcome.passes:
+                results.set(**schedule_fields(results.data, outcome))
             if outcome.best is not None and write:
                 path = kconfig.store(kernel, arch, tp.key, outcome.best.config, outcome.evidence, store_meta(env))
                 print(f"  stored {outcome.best.config.name} for {tp.key} in {path}")

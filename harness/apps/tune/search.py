@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from triton.compiler.errors import CompilationError
@@ -44,6 +44,9 @@ class ProblemOutcome:
     default: Candidate | None = None
     evidence: dict | None = None
     note: str | None = None
+    # per timing pass ("coarse", "refine", "final"): the case ids timed, in index order, each round's order
+    # of those indices, and the schedule (`harness.measure.timing.TimingResult.orders`, `.schedule`)
+    passes: dict[str, dict] = field(default_factory=dict)
 
 
 def _candidate_row(target: TuneTarget, tp: TuneProblem, config: KernelConfig, is_default: bool) -> dict:
@@ -75,12 +78,13 @@ def _check_candidates(target: TuneTarget, tp: TuneProblem, configs: list[KernelC
     return candidates
 
 
-def _time(candidates: list[Candidate], policy: dict, device: torch.device, stage: str) -> None:
+def _time(candidates: list[Candidate], policy: dict, device: torch.device, stage: str) -> dict[str, dict]:
     """Time the candidates interleaved (`harness.core.runner.time_group`); their rows get the samples of this
-    pass. One that raises while being timed is marked failed and the rest are timed without it."""
+    pass. One that raises while being timed is marked failed and the rest are timed without it. Returns
+    ``{stage: the pass's case ids and round orders}`` for `ProblemOutcome.passes` (empty if nothing ran)."""
     pending = {c.config.name: c for c in candidates if c.call is not None}
     if not pending:
-        return
+        return {}
     samples, failures = time_group({name: c.call for name, c in pending.items()}, TimingPolicy(**policy), device)
     for name, c in pending.items():
         if name in failures:
@@ -89,6 +93,10 @@ def _time(candidates: list[Candidate], policy: dict, device: torch.device, stage
             continue
         c.row.update(samples_ms=samples[name], **stats.summarize(samples[name]))
         c.row["extra"]["stage"] = stage
+    if samples is None:
+        return {}
+    return {stage: {"cases": [pending[name].row["case"] for name in samples], "orders": samples.orders,
+                    "schedule": samples.schedule}}
 
 
 def _median(c: Candidate) -> float:
@@ -118,10 +126,10 @@ def tune_problem(target: TuneTarget, tp: TuneProblem, configs: list[KernelConfig
     inputs = tp.problem.random_qkv(device, seed=0)
     candidates = _check_candidates(target, tp, configs, device, deadline, inputs)
     outcome = ProblemOutcome(tp, candidates, default=candidates[0])
-    _time(candidates, plan.coarse, device, "coarse")
+    outcome.passes.update(_time(candidates, plan.coarse, device, "coarse"))
     timed = sorted(_alive(candidates), key=_median)
     top = timed[:plan.top_k] + [c for c in timed[plan.top_k:] if c.is_default]
-    _time(top, plan.refine, device, "refine")
+    outcome.passes.update(_time(top, plan.refine, device, "refine"))
     if not _alive(top):
         tried = any(c.row["status"] != "skipped" or "budget" not in c.row["reason"] for c in candidates)
         outcome.note = ("no candidate compiled, passed the correctness check and ran" if tried
@@ -130,7 +138,7 @@ def tune_problem(target: TuneTarget, tp: TuneProblem, configs: list[KernelConfig
     best = min(_alive(top), key=_median)
     default = outcome.default if outcome.default.call is not None else None
     if default is not None and default is not best:
-        _time([best, default], plan.final, device, "final")
+        outcome.passes.update(_time([best, default], plan.final, device, "final"))
         if default.call is not None and (best.call is None or _median(default) <= _median(best)):
             best = default  # the head-to-head overrules the refine pass: never store a slower config
     best.row["extra"]["chosen"] = True

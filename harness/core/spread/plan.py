@@ -1,0 +1,137 @@
+"""The plan of a spread run: which cases each card runs, from an estimated cost per unit of work.
+
+Units: with one card, or when splitting does not help, a unit is a *problem group* (every case of one
+resolution, keyed ``"1024x1024"``), timed interleaved on one card exactly as in a one-GPU run. With N > 1
+cards each group is also cut into *sub-groups*, one per sliding phase: every case of one (resolution,
+layer), keyed ``"1024x1024/layer1"``. A sub-group never splits: its cases and their A/A twins (a twin has
+its original's layer) stay on one card, timed interleaved. The suite's [e2e] table is one more unit, ``"e2e"``.
+
+The rule (`spread_plan`), deterministic for a suite and a card count:
+1. units = problem groups; assign them longest first, each onto the least loaded card (ties: the lowest
+   index) (`assign`);
+2. if N > 1, do the same with the sub-groups, and keep that finer plan only when its busiest card is
+   estimated lighter than the first plan's.
+
+The cost model (`unit_cost_s`), in rough seconds: per case a fixed setup (prepare, first call of a built
+kernel, correctness check) and its timing, which ends at max_samples calls or at the budget, whichever
+comes first, but never before min_samples calls (a call costs dense attention at an H100's rate); plus,
+per unit, the first-call compile of each method in it, paid again by every unit since a unit may start on
+a fresh card. Compile times by engine, from the samples' ``setup_ms.first_call`` on H100/H200: FA4 (CuTe
+DSL JIT, again for every mask, i.e. every layer) and Flex (torch.compile) about 8 s, the rest (Triton,
+cuDNN) about 1 s. The suites run the dense methods at layer 0 only (`Suite.entry_layers`), so a layer > 0
+sub-group on another card than its layer 0 is timed without its resolution's dense anchor on its card (the
+gate's ratio mode then divides by rounds timed on another card): `Plan.unanchored` names those units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+from harness.core.cases import CaseSpec, Suite
+from harness.measure.timing import TimingPolicy
+
+E2E_GROUP = "e2e"
+SETUP_S_PER_CASE = 1.0
+COMPILE_S = {"fa4": (8.0, True), "flex": (8.0, False)}  # engine word in the family -> (s, again per layer)
+COMPILE_S_OTHER = 1.0
+ATTENTION_FLOPS_PER_S = 4e14
+E2E_COST_S = 120.0
+
+
+def unit_key(resolution: str, layer: int | None = None) -> str:
+    return resolution if layer is None else f"{resolution}/layer{layer}"
+
+
+def units_of(suite: Suite, split: bool) -> dict[str, list[CaseSpec]]:
+    """``{unit key: cases}`` in the suite's plan order: problem groups, or (resolution, layer) sub-groups."""
+    units: dict[str, list[CaseSpec]] = {}
+    for case in suite.cases():
+        key = unit_key(case.problem.resolution, case.problem.layer if split else None)
+        units.setdefault(key, []).append(case)
+    if "e2e" in suite.metrics and suite.e2e is not None:
+        units[E2E_GROUP] = []
+    return units
+
+
+def case_cost_s(case: CaseSpec, timing: dict) -> float:
+    policy = {**asdict(TimingPolicy()), **timing}
+    call_s = case.problem.dense_flops / ATTENTION_FLOPS_PER_S
+    timed_s = max(policy["min_samples"] * call_s, min(policy["max_samples"] * call_s, policy["budget_ms"] / 1e3))
+    return SETUP_S_PER_CASE + policy["warmup_ms"] / 1e3 + timed_s
+
+
+def _compile(case: CaseSpec) -> tuple[tuple, float]:
+    """(what one compile covers, its seconds): a method, or a method at one layer for per-mask engines."""
+    family = str(case.spec.get("method", case.method.name))
+    for word, (seconds, per_layer) in COMPILE_S.items():
+        if word in family:
+            return (case.method.name, case.problem.layer if per_layer else None), seconds
+    return (case.method.name, None), COMPILE_S_OTHER
+
+
+def unit_cost_s(unit: str, cases: list[CaseSpec], timing: dict) -> float:
+    if unit == E2E_GROUP:
+        return E2E_COST_S
+    return sum(case_cost_s(case, timing) for case in cases) + sum(dict(map(_compile, cases)).values())
+
+
+def assign(costs: dict[str, float], workers: int) -> list[list[str]]:
+    """Units per worker: longest first onto the least loaded worker (ties: lowest index); each unit once.
+    Deterministic for the same costs, whatever their dict order."""
+    if workers < 1:
+        raise ValueError(f"--gpus must be at least 1, got {workers}")
+    loads, assigned = [0.0] * workers, [[] for _ in range(workers)]
+    for unit in sorted(costs, key=lambda u: (-costs[u], u)):
+        target = min(range(workers), key=lambda i: (loads[i], i))
+        assigned[target].append(unit)
+        loads[target] += costs[unit]
+    return assigned
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The units, their estimated costs and which card runs which (``assignment[i]``: the i-th card's)."""
+
+    split: bool  # the units are (resolution, layer) sub-groups
+    units: dict[str, list[CaseSpec]]
+    costs: dict[str, float]
+    assignment: list[list[str]]
+
+    @property
+    def loads(self) -> list[float]:
+        return [sum(self.costs[u] for u in units) for units in self.assignment]
+
+    def parts(self, units: Iterable[str]) -> list[tuple[str, int]]:
+        """The (resolution, layer) pairs of some units' cases, for `Suite.select(parts=...)`."""
+        pairs = (case.problem for unit in units for case in self.units[unit])
+        return list(dict.fromkeys((p.resolution, p.layer) for p in pairs))
+
+    def unanchored(self) -> list[str]:
+        """Units whose resolution has a dense reference in the plan, but none on the unit's card."""
+        card = {unit: index for index, units in enumerate(self.assignment) for unit in units}
+        anchored = {(case.problem.resolution, card[unit]) for unit, cases in self.units.items() for case in cases
+                    if case.method.dense_reference and not case.twin}
+        with_anchor = {resolution for resolution, _ in anchored}
+        return [unit for unit, cases in self.units.items() if cases and cases[0].problem.resolution in with_anchor
+                and (cases[0].problem.resolution, card[unit]) not in anchored]
+
+    def describe(self) -> dict:
+        """What ``env.spread`` records about the plan."""
+        return {"unit": "resolution/layer" if self.split else "resolution", "estimated_cost_s": self.costs,
+                "unanchored": self.unanchored()}
+
+
+def _plan(suite: Suite, workers: int, split: bool) -> Plan:
+    units = units_of(suite, split)
+    costs = {unit: unit_cost_s(unit, cases, dict(suite.timing)) for unit, cases in units.items()}
+    return Plan(split, units, costs, assign(costs, workers))
+
+
+def spread_plan(suite: Suite, workers: int) -> Plan:
+    """The plan by the module's rule: problem groups, or with N > 1 sub-groups when that is estimated faster."""
+    whole = _plan(suite, workers, split=False)
+    if workers < 2:
+        return whole
+    finer = _plan(suite, workers, split=True)
+    return finer if max(finer.loads) < max(whole.loads) else whole
