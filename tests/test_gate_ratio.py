@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_gate import H100, results, write_run
+from test_gate import results, write_run
 
 from harness import cli
 from harness.apps.gate import compare as gate

@@ -8,7 +8,6 @@ directory and the path checks (`harness.core.paths`), and the memory estimate (`
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path

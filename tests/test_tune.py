@@ -193,7 +193,7 @@ def test_a_spent_budget_skips_with_a_reason(fake_kernel):
 
 def test_tune_writes_rows_and_stores_the_winner_under_its_key(fake_kernel, monkeypatch, tmp_path):
     fast = KernelConfig(64, 32, 4, 1)
-    target = fake_kernel({FAKE_DEFAULT: sleepy, fast: dense, KernelConfig(64, 32, 4, 2): wrong})
+    fake_kernel({FAKE_DEFAULT: sleepy, fast: dense, KernelConfig(64, 32, 4, 2): wrong})
     monkeypatch.setattr(kconfig, "device_arch", lambda device=None: "sm90")
     outcomes, results_path = tune.tune(["fake"], settings(), FAST_PLAN, torch.device("cpu"), tmp_path / "run",
                                        write=True)
