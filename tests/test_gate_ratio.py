@@ -94,6 +94,19 @@ def test_a_case_without_an_anchor_is_judged_on_absolute_time_and_says_so():
     assert entry["anchored"]["outcome"] == "n/a" and "judged on absolute time" in entry["reason"]
 
 
+@pytest.mark.parametrize("side", ["reference", "candidate"])
+def test_an_anchor_timed_on_another_gpu_is_not_used_and_the_case_is_judged_on_absolute_time(side):
+    """A --gpus run can time a sub-group on another card than its dense anchor: their rounds are not common."""
+    runs = {"reference": drifting_run(1), "candidate": drifting_run(2, slowdown=1.10)}
+    for row in runs[side]["cases"]:
+        row["device_index"] = 1 if row["case"] == ANCHOR else 0
+    verdict = gate.compare(runs["reference"], runs["candidate"], threshold_pct=2.0, mode="ratio")
+    entry = next(e for e in verdict["cases"] if e["case"] == SLOWED)
+    assert entry["anchored"]["outcome"] == "n/a"
+    assert f"in the {side} the anchor {ANCHOR} ran on another GPU" in entry["anchored"]["reason"]
+    assert SLOWED in flagged(verdict)  # still caught, on absolute time
+
+
 def test_rows_without_samples_round_count_one_sample_per_round():
     ref, cand = drifting_run(1, per_round=1), drifting_run(2, slowdown=1.10, per_round=1)
     for row in ref["cases"] + cand["cases"]:

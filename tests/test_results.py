@@ -251,6 +251,15 @@ def test_incorrect_rows_never_win_nor_serve_as_reference():
     assert rows[3]["derived"]["fastest_dense"] == "sdpa_cudnn"
 
 
+@pytest.mark.parametrize("dense_card, expected", [(0, {"sdpa_cudnn": 2.0}), (1, None)])
+def test_speedups_only_against_dense_rows_timed_on_the_same_card(dense_card, expected):
+    """A --gpus run: a figure counts only against a baseline timed on its own card."""
+    rows = [{**row("d", "sdpa_cudnn", 4.0, dense=True), "device_index": dense_card},
+            {**row("s", "hilberta_t16", 2.0, token_density=0.25), "device_index": 0}]
+    derived.add_derived(rows)
+    assert (rows[1]["derived"] or {}).get("speedup") == expected
+
+
 def test_problems_do_not_mix_and_other_kinds_are_untouched():
     rows = [row("a/d", "sdpa_cudnn", 4.0, dense=True), row("b/d", "sdpa_cudnn", 40.0, dense=True, height=256),
             row("b/s", "hilberta_t16", 10.0, token_density=0.2, height=256),

@@ -76,11 +76,12 @@ def speedups(row: dict, references: dict[str, dict]) -> dict | None:
 
 def add_derived(rows: list[dict]) -> list[dict]:
     """Fill ``tflops`` and ``derived`` of every kernel row in place (None where nothing can be claimed);
-    returns the rows."""
+    returns the rows. Speedups are against dense rows of the same problem timed on the same card
+    (``device_index``: a ``--gpus`` run may time a sub-group on a card without a dense method)."""
     by_problem: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         if row.get("kind", "kernel") == "kernel":
-            by_problem[problem_key(row)].append(row)
+            by_problem[(problem_key(row), row.get("device_index"))].append(row)
     for group in by_problem.values():
         references = dense_references(group)
         for row in group:

@@ -13,8 +13,9 @@ The suite's ``[gate] mode`` (`MODES`) says which numbers the rule is applied to:
   ratio is 1 by construction: a slowdown of the anchor is seen only in absolute time (`anchor_warnings`);
 - ``both``: a regression (an improvement) only when absolute AND ratio both say so.
 Both numbers are computed for every timed case whatever the mode. A case with no anchor (no dense reference
-of its problem in the reference run, the anchor not timed in the candidate, no round in common) is judged
-on absolute time and says so. Rows without ``samples_round`` count as one sample per round, in order.
+of its problem in the reference run, the anchor not timed in the candidate or timed on another GPU of a
+``--gpus`` run, no round in common) is judged on absolute time and says so. Rows without ``samples_round``
+count as one sample per round, in order.
 The verdict's words for the modes and anchors (`mode_lines`, `anchor_warnings`) live here too.
 """
 
@@ -117,6 +118,11 @@ def anchored(ref: Mapping, cand: Mapping, anchor_case: str | None, ref_rows: Map
     if cand_anchor is None or cand_anchor.get("status") != "ok" or not cand_anchor.get("samples_ms"):
         return {"anchor": anchor_case, "outcome": "n/a",
                 "reason": f"the anchor {anchor_case} is not timed in the candidate"}
+    for side, row, anchor in (("reference", ref, ref_anchor), ("candidate", cand, cand_anchor)):
+        if row.get("device_index") != anchor.get("device_index"):  # a --gpus run: rounds of two cards
+            return {"anchor": anchor_case, "outcome": "n/a",
+                    "reason": f"in the {side} the anchor {anchor_case} ran on another GPU "
+                              f"({anchor.get('device_index')} vs {row.get('device_index')}): no common rounds"}
     try:
         ref_series, cand_series = _anchored_series(ref, ref_anchor), _anchored_series(cand, cand_anchor)
     except ValueError as exc:

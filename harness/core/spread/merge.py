@@ -2,7 +2,8 @@
 
 Every row gains ``device_index`` and ``extra.device`` (the card's name and UUID from that worker's
 fingerprint); rows come in the suite's plan order, their ``derived`` speedups recomputed against the dense
-rows of their problem whichever card timed them (a sub-group may hold no dense method). Run-level fields: ``aa_pairs`` are concatenated;
+rows of their problem timed on the same card (a sub-group without a dense method on its card gets none: a
+figure counts only against a baseline timed beside it). Run-level fields: ``aa_pairs`` are concatenated;
 ``schedule_orders`` and ``schedule.cases`` are per timed group, which a worker keys by resolution: a
 resolution whose sub-groups ran on several cards gets one key per card, ``"<resolution>/layer1"`` (or
 ``"<resolution>/layer1+layer3"``), so no card's orders overwrite another's; ``schedule.rounds`` is the
@@ -158,7 +159,7 @@ def merge(suite: Suite, workers: list[Worker], run_id: str, plan: Plan) -> dict:
         if E2E_GROUP in worker.units and not worker_e2e:
             e2e_rows.append(_missing_row(E2E_GROUP, cases, worker, why))
     ordered = [rows.pop(case_id) for case_id in cases if case_id in rows] + list(rows.values())
-    derived.add_derived(ordered)  # speedups against the problem's dense rows, whichever card timed them
+    derived.add_derived(ordered)  # speedups against the problem's dense rows timed on the same card
     ordered += e2e_rows
     base = {key: value for key, value in (first or {}).items()
             if key not in PER_RUN and key not in PER_GROUP and key not in CONCATENATED}

@@ -20,7 +20,7 @@ a fresh card. Compile times by engine, from the samples' ``setup_ms.first_call``
 DSL JIT, again for every mask, i.e. every layer) and Flex (torch.compile) about 8 s, the rest (Triton,
 cuDNN) about 1 s. The suites run the dense methods at layer 0 only (`Suite.entry_layers`), so a layer > 0
 sub-group on another card than its layer 0 is timed without its resolution's dense anchor on its card (the
-gate's ratio mode then divides by rounds timed on another card): `Plan.unanchored` names those units.
+gate then judges its cases on absolute time, saying why): `Plan.unanchored` names those units.
 """
 
 from __future__ import annotations
