@@ -20,6 +20,7 @@ from test_gate import results, write_run
 from harness import cli
 from harness.apps.gate import compare as gate
 from harness.apps.gate import inputs, ratio
+from harness.core.results import load_results
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "docs" / "samples"
@@ -154,7 +155,7 @@ ALWAYS_CAUGHT = {"1024x1024/hilberta_t16/layer0", "1024x1024/hilberta_t16/layer1
 
 
 def _sample_run(card: str, index: int) -> dict:
-    return json.loads((SAMPLES / card / "gate" / f"ci-{index}" / "results.json").read_text())
+    return load_results(SAMPLES / card / "gate" / f"ci-{index}")
 
 
 def _slowed_hilberta(run: dict) -> dict:

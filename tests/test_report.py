@@ -362,7 +362,7 @@ def test_report_command_passes_the_gates_own_verdict(tmp_path):
 
     candidate = tmp_path / "ci-3"
     candidate.mkdir()
-    (candidate / "results.json").write_text((GATE_SAMPLES / "ci-3" / "results.json").read_text())
+    (candidate / "results.json.gz").write_bytes((GATE_SAMPLES / "ci-3" / "results.json.gz").read_bytes())
     assert main(["report", str(candidate), "--compare", str(GATE_SAMPLES / "ci-1")]) == 0
     page = (candidate / "report.html").read_text()
     stored = json.loads((GATE_SAMPLES / "verdict-ci-1-vs-ci-3" / "verdict.json").read_text())

@@ -19,7 +19,7 @@ from harness.core.results import ResultsError, ResultsFile, export_pytest_benchm
 from harness.core.schema import SCHEMA_VERSION, Row, SchemaError, validate_row
 from harness.measure import derived
 
-COMMITTED = sorted([*PROJECT_ROOT.glob("docs/samples/**/results.json"), *PROJECT_ROOT.glob("tests/fixtures/*.json"),
+COMMITTED = sorted([*PROJECT_ROOT.glob("docs/samples/**/results.json*"), *PROJECT_ROOT.glob("tests/fixtures/*.json"),
                     *PROJECT_ROOT.glob("suites/references/*/*.json")])
 
 
@@ -174,6 +174,22 @@ def test_committed_results_load_and_only_the_nasty_fixture_has_problems(path: Pa
         assert any("field 'kind' is 'mystery'" in p for p in problems)
     else:
         assert problems == []
+
+
+def test_a_gzipped_results_file_loads_like_the_plain_one(tmp_path):
+    """The committed samples are stored gzipped: every reader goes through load_results, by file or folder."""
+    import gzip
+
+    plain = ResultsFile(tmp_path / "plain" / "results.json", run_id="r", suite="s")
+    plain.add_case(Row(kind="kernel", case="a/m/layer0", status="ok").to_dict())
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    (packed / "results.json.gz").write_bytes(gzip.compress((tmp_path / "plain" / "results.json").read_bytes()))
+    expected = load_results(tmp_path / "plain")
+    assert load_results(packed) == load_results(packed / "results.json.gz") == expected
+    (packed / "results.json.gz").write_bytes(b"not gzip")
+    with pytest.raises(ResultsError, match=r"is not valid JSON \(gzip\)"):
+        load_results(packed)
 
 
 def test_load_results_of_a_missing_directory(tmp_path):

@@ -3,12 +3,14 @@
 `ResultsFile` rewrites ``results.json`` atomically (temp file + ``os.replace``) after every case, so an
 interrupted run always leaves a complete, loadable file holding the cases finished so far. Every row is
 validated against the schema when it is added, and the whole file when it is read (`load_results`, which
-also upgrades files of an older schema). Values that are not finite (an infinite relative error, say) are
+also upgrades files of an older schema; it also reads ``results.json.gz``, the gzip of that file, which is how
+the committed samples are stored). Values that are not finite (an infinite relative error, say) are
 written as ``null``: the file is strict JSON.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -20,6 +22,7 @@ from pathlib import Path
 from harness.core.schema import SCHEMA_VERSION, SchemaError, upgrade, validate_results, validate_row
 
 RESULTS_NAME = "results.json"
+COMPRESSED_RESULTS_NAME = RESULTS_NAME + ".gz"  # gzip of results.json: read wherever a results file is
 ENV_NAME = "env.json"
 PYTEST_BENCHMARK_NAME = "pytest-benchmark.json"
 
@@ -116,13 +119,14 @@ def load_results(path_or_dir: str | Path) -> dict:
     file and the first bad field."""
     path = Path(path_or_dir)
     if path.is_dir():
-        path = path / RESULTS_NAME
+        plain, compressed = path / RESULTS_NAME, path / COMPRESSED_RESULTS_NAME
+        path = compressed if compressed.is_file() and not plain.is_file() else plain
     if not path.is_file():
         raise ResultsError(f"no results file at {path}")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ResultsError(f"{path} is not valid JSON: {exc}") from None
+        data = json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as exc:
+        raise ResultsError(f"{path} is not valid JSON{' (gzip)' if path.suffix == '.gz' else ''}: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
         raise ResultsError(f"{path} has no 'cases' list")
     try:
