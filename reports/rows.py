@@ -73,6 +73,11 @@ NUMERIC_FIELDS: dict[str, tuple] = {
     "l2_bytes": ("traffic", "l2_bytes"),
     "ncu_kernel_ms": ("traffic", "kernel_ms"),
     "achieved_dram_gbps": ("traffic", "achieved_dram_gbps"),
+    # the same ncu pass's SM counters (harness.measure.ncu_counters): % of peak (0-100), warp cycles per issue
+    "tensor_pipe_pct": ("traffic", "tensor_pipe_pct"),
+    "achieved_occupancy_pct": ("traffic", "achieved_occupancy_pct"),
+    "sm_throughput_pct": ("traffic", "sm_throughput_pct"),
+    "warp_cycles_per_issue": ("traffic", "warp_cycles_per_issue"),
     # end-to-end Flux rows (kind "e2e", harness.apps.e2e.measure): median_ms is one transformer step
     "attention_share": ("e2e", "attention_share"),
     "attention_ms": ("e2e", "attention_ms"),
@@ -107,6 +112,7 @@ TEXT_FIELDS: dict[str, tuple] = {
     "locality_reason": ("locality", "reason"),
     "traffic_status": ("traffic", "status"),
     "traffic_reason": ("traffic", "reason"),
+    "counters_reason": ("traffic", "counters_reason"),
     "ci_method": ("ci_method",),
     "aa_of": ("aa_of",),
     "config_source": ("extra", "config_source"),
@@ -124,6 +130,7 @@ OBJECT_FIELDS: dict[str, tuple] = {
     "config": ("extra", "config"),
     "locality": ("locality",),
     "samples_ms": ("samples_ms",),
+    "top_stalls": ("traffic", "top_stalls"),  # [{"reason", "cycles_per_issue"}, ...], largest first
     # tuning rows: the kernel's on/off knobs, whether `harness tune` stored this configuration, whether it is the default
     "flat_loop": ("params", "flat_loop"),
     "tma": ("params", "tma"),

@@ -29,7 +29,7 @@ from reports.formatting import (
     number_or_none,
     significant,
 )
-from reports.rows import dig, timed_kernels
+from reports.rows import timed_kernels
 from reports.run import Run
 from reports.sections.common import CASE_COLUMNS, missing_measurement_note
 from reports.tables import Column, build_table
@@ -52,16 +52,6 @@ COLUMNS = [
 ]
 
 
-# The SM counters' paths in a results row (harness.measure.ncu_counters writes them into "traffic"); numbers
-# in % (0-100) or cycles per issued instruction. reports.rows does not map them, so they are read here.
-COUNTER_PATHS = {
-    "tensor_pipe_pct": ("traffic", "tensor_pipe_pct"),
-    "achieved_occupancy_pct": ("traffic", "achieved_occupancy_pct"),
-    "sm_throughput_pct": ("traffic", "sm_throughput_pct"),
-    "warp_cycles_per_issue": ("traffic", "warp_cycles_per_issue"),
-}
-TOP_STALLS_PATH = ("traffic", "top_stalls")
-COUNTERS_REASON_PATH = ("traffic", "counters_reason")
 STALLS_TIP = ("the three largest warp stall reasons (ncu smsp__average_warps_issue_stalled_<reason>_per_issue_active), "
               "in warp cycles per issued instruction; 'of' is the total cycles between two issued instructions "
               "of a warp, the issue cycle included")
@@ -94,19 +84,14 @@ def stalls_text(top: object, total: object) -> str | None:
     return ", ".join(parts) + (f" (of {significant(total)})" if total is not None else "")
 
 
-def with_counters(frame: pd.DataFrame, cases: list) -> pd.DataFrame:
-    """``frame`` (one row per results case, in order) with the SM counter columns: fractions for the
-    percentages (fmt_pct's scale), the stall text, and why the counters are missing."""
-    rows = [case if isinstance(case, dict) else {} for case in cases]
-    if len(rows) != len(frame):  # not built from these cases: no counters rather than another case's
-        rows = [{}] * len(frame)
-    values = {name: [number_or_none(dig(row, path)) for row in rows] for name, path in COUNTER_PATHS.items()}
+def with_counters(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the SM counter columns the tables show: fractions for the percentages (fmt_pct's
+    scale) and the stall text."""
     frame = frame.copy()
     for name in ("tensor_pipe", "achieved_occupancy", "sm_throughput"):
-        frame[name] = [None if v is None else v / 100 for v in values[f"{name}_pct"]]
-    frame["top_stalls_text"] = [stalls_text(dig(row, TOP_STALLS_PATH), total)
-                                for row, total in zip(rows, values["warp_cycles_per_issue"])]
-    frame["counters_reason"] = [dig(row, COUNTERS_REASON_PATH) for row in rows]
+        frame[name] = frame[f"{name}_pct"] / 100
+    frame["top_stalls_text"] = [stalls_text(top, total)
+                                for top, total in zip(frame["top_stalls"], frame["warp_cycles_per_issue"])]
     return frame
 
 
@@ -142,7 +127,7 @@ def _absent(timed: pd.DataFrame, plotted: pd.Series) -> str:
 
 
 def section(run: Run) -> Section:
-    frame = with_counters(run.frame, run.results.get("cases") or [])
+    frame = with_counters(run.frame)
     measured = frame[frame["dram_bytes"].notna()].copy()
     if measured.empty:
         return Section.empty(ID, TITLE, missing_measurement_note(
