@@ -10,12 +10,18 @@
 q, k, v [B, H, L, D] reach FA4 as [B, L, H, D] views (no copy; FA4 takes any 16-byte aligned strides).
 Availability is probed once per device: flash_attn.cute imports, a CUDA device of sm90 or newer, and one
 tiny dense call; the reason says which failed. Each distinct mask compiles its own kernel on first call
-(FA4 keys its compile cache on the mask_mod's source and captured constants).
+(FA4 keys its compile cache on the mask_mod's hash, which `mask_cache_key` sets from the rule's module
+source and the constants). FA4's on-disk cache of compiled kernels is switched on (unless the environment
+says otherwise), so a kernel compiled once on a machine is loaded by every later process, the workers of a
+``--gpus`` run included, instead of compiling again (6-9 s per mask on an H200).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import inspect
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from functools import cache, partial
@@ -38,6 +44,11 @@ from baselines.window_masks import neighborhood_mask, sliding_tile_mask
 
 INSTALL_HINT = "pip install .[fa4] (on an offline GPU machine: ../shared/offline-wheels/fa4/pack.sh)"
 MIN_MAJOR = 9  # FA4's forward kernels: Hopper (sm90) and Blackwell (sm100+)
+# FA4 reads this once, when flash_attn.cute is imported (here, lazily): set before that. Its cache directory
+# is FLASH_ATTENTION_CUTE_DSL_CACHE_DIR, default /tmp/<user>/flash_attention_cute_dsl_cache; entries are
+# keyed by FA4's own source and versions, so an upgrade never loads a stale kernel.
+DISK_CACHE_ENV = "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED"
+os.environ.setdefault(DISK_CACHE_ENV, "1")
 
 
 @cache
@@ -107,10 +118,24 @@ def _ssa_constant(constants: Mapping[str, int], name: str):
     return utils.scalar_to_ssa(constants[name], cutlass.Int32)
 
 
+def mask_cache_key(rule: Rule, constants: Mapping[str, int]) -> str:
+    """The hash FA4 files the mask_mod's kernel under: the same in every process for the same mask.
+
+    FA4's own hash of a callable mixes in ``repr`` of its closure, and the repr of ``rule`` (a function)
+    holds its address, different in every process: the on-disk cache would never hit. This one covers all
+    that decides the generated code: the source of the rule's module (the rule and its helpers), of this
+    module (how the rule becomes a mask_mod), the rule's name and the constants."""
+    digest = hashlib.sha256()
+    for module in (inspect.getmodule(rule), inspect.getmodule(mask_cache_key)):
+        digest.update(inspect.getsource(module).encode())
+    digest.update(rule.__qualname__.encode())
+    digest.update(repr(sorted(constants.items())).encode())
+    return digest.hexdigest()
+
+
 def cute_mask_mod(rule: Rule, constants: Mapping[str, int]):
     """FA4's mask_mod ``(batch, head, q, kv, seqlen_info, aux_tensors)`` evaluating ``rule`` with these
-    constants. Its closure holds only ``rule`` and a plain dict of ints, so FA4's compile-cache hash
-    (source + repr of the captured values) differs exactly when the mask does."""
+    constants, its compile-cache hash set to `mask_cache_key` (distinct exactly when the mask is)."""
     import cutlass.cute as cute
 
     constants = dict(constants)
@@ -119,6 +144,7 @@ def cute_mask_mod(rule: Rule, constants: Mapping[str, int]):
     def mask_mod(batch, head, q_idx, kv_idx, seqlen_info, aux_tensors):
         return rule(q_idx, kv_idx, partial(_ssa_constant, constants))
 
+    mask_mod.__cute_hash__ = mask_cache_key(rule, constants)
     return mask_mod
 
 

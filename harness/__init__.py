@@ -6,7 +6,10 @@ traffic and locality where asked, and writes ``results/<run-id>/results.json``. 
 ``python -m harness`` (see `harness.cli`). The layers are in docs/architecture.md.
 """
 
+import time
 from pathlib import Path
 
+# When this process first imported the harness (before torch): a run's start-up cost is counted from here
+PROCESS_START_S = time.time()
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the checkout (suites/, kernels/configs/, results/)
 

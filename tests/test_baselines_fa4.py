@@ -268,3 +268,42 @@ def test_registered_and_unavailable_on_cpu(spec, name, category):
     assert not avail and avail.reason
     with pytest.raises(RuntimeError, match="cannot run on cpu"):
         method.prepare(Problem(8, 8, text_tokens=8), "cpu")
+
+
+# ---- FA4's compile cache: one key per mask, the same in every process ------------------------------------
+
+KEY_IN_A_FRESH_PROCESS = (
+    "from baselines import fa4; from baselines.fa4_masks import hilberta_rule; "
+    "print(fa4.mask_cache_key(hilberta_rule, {'shared': 5, 'n': 64, 't': 4, 't_minus_1': 3, 'base': 7}))")
+
+
+def test_mask_cache_key_is_the_same_in_another_process():
+    """FA4's own hash holds the rule's address (a new one per process): the disk cache would never hit."""
+    import subprocess
+
+    here = fa4.mask_cache_key(hilberta_rule, {"base": 7, "n": 64, "shared": 5, "t": 4, "t_minus_1": 3})
+    there = subprocess.run([sys.executable, "-c", KEY_IN_A_FRESH_PROCESS], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert here == there
+
+
+@pytest.mark.parametrize("other_rule, other_constants", [
+    (hilberta_rule, {"shared": 5, "n": 64, "t": 4, "t_minus_1": 3, "base": 8}),  # another sliding phase
+    (hilberta_rule, {"shared": 5, "n": 64, "t": 4, "t_minus_1": 3}),
+    (window_rule, {"shared": 5, "n": 64, "t": 4, "t_minus_1": 3, "base": 7}),
+])
+def test_mask_cache_key_differs_when_the_mask_does(other_rule, other_constants):
+    base = fa4.mask_cache_key(hilberta_rule, {"shared": 5, "n": 64, "t": 4, "t_minus_1": 3, "base": 7})
+    assert fa4.mask_cache_key(other_rule, other_constants) != base
+
+
+@pytest.mark.parametrize("given, expected", [(None, "1"), ("0", "0")])
+def test_disk_cache_is_on_unless_the_environment_says_otherwise(given, expected):
+    import os
+    import subprocess
+
+    env = {key: value for key, value in os.environ.items() if key != fa4.DISK_CACHE_ENV}
+    env.update({} if given is None else {fa4.DISK_CACHE_ENV: given})
+    code = f"import os, baselines.fa4; print(os.environ[{fa4.DISK_CACHE_ENV!r}])"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert found.stdout.strip() == expected

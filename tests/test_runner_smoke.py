@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 from types import MappingProxyType
 
 import pytest
@@ -16,7 +17,7 @@ from baselines.problem import Problem
 from baselines.registry import MethodUnavailable
 from harness.measure import correctness
 from harness.core.results import load_results
-from harness.core.runner import console_table, exit_status, run_suite, time_group
+from harness.core.runner import console_table, exit_status, print_summary, run_suite, time_group
 from harness.core.suite import CorrectnessPolicy, MethodEntry, Suite, load_suite
 from harness.measure.timing import TimingPolicy
 
@@ -236,6 +237,21 @@ def test_run_directory_files_and_summary(fake_run):
     for row in results["cases"]:
         assert row["method"] in table
     assert "kaboom" in table
+
+
+def test_wall_time_is_split_into_start_up_stages_and_group_phases(fake_run, capsys):
+    _, results = fake_run
+    wall = results["wall"]
+    groups = wall["groups"]
+    assert set(groups) == {row["problem"]["resolution"] for row in results["cases"]}
+    for phases in groups.values():
+        assert set(phases) == {"prepare_s", "timing_s", "power_s", "metrics_s"}
+        assert phases["timing_s"] > 0  # the fakes were timed
+    parts = wall["startup_s"] + wall["environment_s"] + wall["ceilings_s"] + sum(
+        value for phases in groups.values() for value in phases.values())
+    assert 0 < wall["startup_s"] and parts <= wall["total_s"] + 1e-3  # the stages never overlap
+    print_summary(results, Path("run"))
+    assert f"wall {wall['total_s']:.1f} s: start-up {wall['startup_s']:.1f}" in capsys.readouterr().out
 
 
 def test_a_directory_holding_a_run_is_refused(fake_run, tmp_path):

@@ -108,7 +108,9 @@ def make_ready(method, problem, device: torch.device | str, policy: CorrectnessP
     when None). ``rejections`` are exceptions meaning "this configuration does not compile or fit here":
     they make the case "skipped" instead of "failed"."""
     state, device = CaseState(), torch.device(device)
+    start = time.perf_counter()
     refused = None if method is None else availability_fields(method, device)
+    availability_ms = (time.perf_counter() - start) * 1e3  # the first case of an engine pays its probe
     if refused is not None:
         state.fields.update(refused)
         return state
@@ -124,13 +126,16 @@ def make_ready(method, problem, device: torch.device | str, policy: CorrectnessP
             state.fields.update(backend=prepared.backend, **derived.static_metrics(prepared),
                                 extra=dict(prepared.extra))
             # "layout" is the method's own layout time when it reports one, else the whole prepare
-            state.fields["setup_ms"] = {"layout": prepare_ms, **prepared.setup_ms, "prepare": prepare_ms}
+            state.fields["setup_ms"] = {"availability": availability_ms, "layout": prepare_ms, **prepared.setup_ms,
+                                        "prepare": prepare_ms}
             q, k, v = inputs if inputs is not None else problem.random_qkv(device, seed=1)
             if first_call:
                 state.stage = "first call"
                 state.fields["setup_ms"]["first_call"] = timing.time_once_ms(lambda: prepared.run(q, k, v), device)
             state.stage = "correctness"
+            start = time.perf_counter()
             check = check_correctness(prepared, policy, device, seed=seed)
+            state.fields["setup_ms"]["check"] = (time.perf_counter() - start) * 1e3
     except Exception as exc:  # one case's failure is its row, never the end of the run
         rejected = isinstance(exc, rejections)
         state.fields.update({"status": "skipped", "reason": f"does not compile or fit: {first_line(exc)}"}

@@ -33,6 +33,7 @@ from harness.core.progress import Progress
 from harness.core.results import PYTEST_BENCHMARK_NAME, RESULTS_NAME, ResultsFile, export_pytest_benchmark, utc_now
 from harness.core.schema import Row
 from harness.core.summary import console_table, exit_status, print_summary  # noqa: F401  (the runner's API)
+from harness.core.wall import WallClock
 from harness.core.suite import SUITES_DIR
 from harness.measure import derived, power, stats, timing
 from harness.measure.power import unavailable
@@ -113,6 +114,7 @@ class SuiteRun:
     def __init__(self, suite: Suite, out_dir: Path, device: torch.device, run_id: str, progress: bool = True,
                  e2e: E2ERunner | None = None):
         self.suite, self.out_dir, self.device, self.e2e = suite, out_dir, device, e2e
+        self.wall = WallClock()  # before the probes below: they are part of the run's cost
         self.measures = _Measures(suite, device)
         self.policy = timing.TimingPolicy(**suite.timing)
         self.permute_policy = timing.TimingPolicy(**PERMUTE_TIMING, l2_flush=self.policy.l2_flush)
@@ -138,18 +140,21 @@ class SuiteRun:
 
     def run(self) -> Path:
         self.progress.message(f"{self.suite.name}: {len(self.cases)} cases on {self.device} -> {self.out_dir}")
-        self.results.write_env(self._environment())
-        self._ceilings()
+        with self.wall.stage("environment"):
+            self.results.write_env(self._environment())
+        with self.wall.stage("ceilings"):
+            self._ceilings()
         complete = False
         try:
             for _, group in groupby(self.cases, key=lambda case: case.problem.resolution):
                 self._run_problem(list(group))
             if "e2e" in self.suite.metrics:
-                self._run_e2e()
+                with self.wall.stage("e2e"):
+                    self._run_e2e()
             complete = True
         finally:  # also on Ctrl-C: the file then says the run stopped early, and the export matches it
             self.progress.close()
-            self.results.set(finished=utc_now(), complete=complete)
+            self.results.set(finished=utc_now(), complete=complete, wall=self.wall.to_dict())
             export_pytest_benchmark(self.results.data, self.out_dir / PYTEST_BENCHMARK_NAME)
         return self.out_dir
 
@@ -177,6 +182,29 @@ class SuiteRun:
 
     def _run_problem(self, cases: list[CaseSpec]) -> None:
         problem = cases[0].problem
+        with self.wall.stage("prepare", group=problem.resolution):
+            ready = self._prepare_group(cases)
+        if ready and "timing" in self.suite.metrics:
+            with self.wall.stage("timing", group=problem.resolution):
+                self._time(ready)
+        for item in ready:
+            self._record(item.row)
+        with self.wall.stage("power", group=problem.resolution):
+            self._power(ready)
+        with self.wall.stage("metrics", group=problem.resolution):
+            for item in ready:
+                self._per_case_metrics(item)
+                self._finish(item.row, 0)
+        rows = [row for row in self.results.cases if row.get("kind") == "kernel"
+                and derived.problem_key(row) == derived.problem_key({"problem": problem.to_dict()})]
+        self.results.update_cases(derived.add_derived(rows))
+        del ready
+        release_memory(self.device)
+
+    def _prepare_group(self, cases: list[CaseSpec]) -> list[ReadyCase]:
+        """Every case of one problem through its lifecycle up to ready, on random inputs the group's calls
+        share; the rows of cases that cannot run are finished here."""
+        problem = cases[0].problem
         ready: list[ReadyCase] = []
         skipped = memory.skipped_fields(memory.inputs_estimate(problem), self.device)  # before allocating
         try:
@@ -199,19 +227,7 @@ class SuiteRun:
                 self._finish(row, self._weight(case))
             else:
                 self.progress.advance(STAGE_WEIGHTS["prepare"], note="ready")
-        if ready and "timing" in self.suite.metrics:
-            self._time(ready)
-        for item in ready:
-            self._record(item.row)
-        self._power(ready)
-        for item in ready:
-            self._per_case_metrics(item)
-            self._finish(item.row, 0)
-        rows = [row for row in self.results.cases if row.get("kind") == "kernel"
-                and derived.problem_key(row) == derived.problem_key({"problem": problem.to_dict()})]
-        self.results.update_cases(derived.add_derived(rows))
-        del ready, inputs
-        release_memory(self.device)
+        return ready
 
     def _finish(self, row: dict, weight: int) -> None:
         self._record(row)

@@ -102,6 +102,7 @@ class Run:
     schedule_orders: dict | None = None  # {group: [[case index, ...] per round]}
     aa_pairs: list[dict] | None = None
     ceilings: dict | None = None  # {"gemm_tflops", "copy_gbps", "sm_clock_mhz", "how"}
+    wall: dict | None = None  # seconds: {"startup_s", "<stage>_s", "groups": {group: {"<phase>_s"}}, "total_s"}
     upgrade: dict | None = None  # set by the reader of an older schema: {"from", "problems"}
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from harness.core.results import RESULTS_NAME
+from harness.core.wall import wall_line
 
 
 def console_table(results: dict) -> str:
@@ -53,4 +54,9 @@ def print_summary(results: dict, out_dir: Path, stream=None) -> None:
     if results.get("complete") is False:
         print(f"\nINCOMPLETE: the run stopped before its end (complete: false); {len(results['cases'])} cases "
               "recorded, the rest never ran", file=stream)
+    if results.get("wall"):
+        print("\n" + wall_line(results["wall"]), file=stream)
+    for card in ((results.get("env") or {}).get("spread") or {}).get("cards", ()):
+        if card.get("wall"):
+            print(f"  gpu{card['index']}: {wall_line(card['wall'])}", file=stream)
     print(f"\nresults: {out_dir / RESULTS_NAME}", file=stream)

@@ -8,7 +8,7 @@ figure counts only against a baseline timed beside it). Run-level fields: ``aa_p
 resolution whose sub-groups ran on several cards gets one key per card, ``"<resolution>/layer1"`` (or
 ``"<resolution>/layer1+layer3"``), so no card's orders overwrite another's; ``schedule.rounds`` is the
 fewest of any card; the rest is taken from the first worker that has it. ``env.spread`` holds the cards
-(with their units, exit code, log and ceilings) and the plan (`Plan.describe`). A worker that dies takes
+(with their units, exit code, log, ceilings and wall time) and the plan (`Plan.describe`). A worker that dies takes
 only its own cases down: each of its cases without a row becomes a "failed" row with the exit code and the
 last line of its log; the run is then ``complete: false``.
 """
@@ -27,7 +27,7 @@ from harness.measure import derived
 # Run-level fields merged across workers (below); the rest are per run or taken from the first worker.
 PER_GROUP = ("schedule_orders", "schedule")
 CONCATENATED = ("aa_pairs",)
-PER_RUN = ("run_id", "suite", "created", "env", "cases", "finished", "complete", "device", "upgrade")
+PER_RUN = ("run_id", "suite", "created", "env", "cases", "finished", "complete", "device", "upgrade", "wall")
 
 
 @dataclass
@@ -132,7 +132,7 @@ def merge(suite: Suite, workers: list[Worker], run_id: str, plan: Plan) -> dict:
                       "exit_code": worker.returncode,
                       "directory": worker.directory.name, "log": worker.log.name,
                       "complete": bool(results and results.get("complete")),
-                      "ceilings": (results or {}).get("ceilings")})
+                      "ceilings": (results or {}).get("ceilings"), "wall": (results or {}).get("wall")})
         first = first or results
         worker_e2e = 0
         for row in (results or {}).get("cases", []):

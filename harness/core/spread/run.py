@@ -24,6 +24,7 @@ from harness.core.paths import RESULTS_ROOT, claim_run_dir
 from harness.core.results import ENV_NAME, PYTEST_BENCHMARK_NAME, RESULTS_NAME, export_pytest_benchmark, write_json_atomic
 from harness.core.spread.merge import Worker, merge
 from harness.core.spread.plan import E2E_GROUP, Plan, spread_plan
+from harness.core.wall import WallClock
 
 # Kept off in every worker (KINDS.md): NVLink multicast is not lent on these machines.
 NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -83,6 +84,7 @@ def run_spread(selection: Selection, gpus: int | Sequence[int], out_dir: str | P
     ``device`` is the torch device inside each worker (``cuda:0``: its one visible card; ``cpu`` in tests);
     ``launcher`` turns a worker and its payload file into a command (default: `worker_command`).
     """
+    wall = WallClock()
     indices = list(range(gpus)) if isinstance(gpus, int) else list(gpus)
     if device.startswith("cuda"):
         import torch
@@ -108,17 +110,20 @@ def run_spread(selection: Selection, gpus: int | Sequence[int], out_dir: str | P
         echo(f"timed without their resolution's dense anchor on the same card: {', '.join(plan.unanchored())}")
     interrupted = False
     try:
-        for worker in workers:
-            if worker.process is not None:
-                worker.returncode = worker.process.wait()
-                echo(f"gpu{worker.index}: exited with code {worker.returncode}")
+        with wall.stage("workers"):  # waiting for the last to exit
+            for worker in workers:
+                if worker.process is not None:
+                    worker.returncode = worker.process.wait()
+                    echo(f"gpu{worker.index}: exited with code {worker.returncode}")
     except KeyboardInterrupt:  # stop the workers this run started, merge what they left, then stop too
         interrupted = True
         for worker in workers:
             if worker.process is not None:
                 worker.process.terminate()
                 worker.returncode = worker.process.wait()
-    merged = merge(suite, workers, run_id, plan)
+    with wall.stage("merge"):
+        merged = merge(suite, workers, run_id, plan)
+    merged["wall"] = wall.to_dict()
     write_json_atomic(out_dir / RESULTS_NAME, merged)
     write_json_atomic(out_dir / ENV_NAME, merged["env"])
     export_pytest_benchmark(merged, out_dir / PYTEST_BENCHMARK_NAME)
