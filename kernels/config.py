@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -31,13 +31,17 @@ class KernelConfig:
     flat_loop: bool = False  # one pipelined loop over all key segments (masking every block) vs one per segment
     tma: bool = False  # K/V through tensor descriptors (Hopper's bulk copy engine) instead of pointer loads
     head_major: bool = False  # schedule blocks head by head (heavy ones first) instead of all heads together
+    qk_ahead: bool = False  # flat loop only: block i's QK^T issued before block i-1's PV, which overlaps i's softmax
+    tma_qo: bool = False  # Q load and (full blocks') O store through tensor descriptors too
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @property
     def name(self) -> str:
-        flags = ("_flat" if self.flat_loop else "") + ("_tma" if self.tma else "") + ("_hm" if self.head_major else "")
+        flags = "".join(suffix for on, suffix in (
+            (self.flat_loop, "_flat"), (self.tma, "_tma"), (self.head_major, "_hm"), (self.qk_ahead, "_qkahead"),
+            (self.tma_qo, "_tmaqo")) if on)
         return f"m{self.block_m}_n{self.block_n}_w{self.num_warps}_s{self.num_stages}{flags}"
 
 
@@ -56,7 +60,9 @@ def config_space(head_dim: int) -> list[KernelConfig]:
     the Flux shapes and a 32-config tune): 32-key blocks, 8 warps on 64-row blocks and 4 stages were never
     the best; 4 stages of 128-key blocks do not fit in shared memory at head dim 128. Tried on an H100 and left
     out (2026-11-28, docs/kernel-notes.md): Triton 3.6's Hopper warp specialization and a lazy (thresholded)
-    softmax rescale, both slower at every suite problem."""
+    softmax rescale, both slower at every suite problem; persistent programs (an H200, 3-10 % slower). Issue
+    #14's ``tma_qo`` and ``qk_ahead`` are searched where they can win: with TMA loads and the head-major order
+    (qk_ahead needs the flat loop; an H200: 5 % faster together at 2048x2048 T=16, alone neither helps)."""
     space = []
     for block_m, num_warps in ((128, 8), (128, 4), (64, 4)):
         for block_n in (64, 128):
@@ -66,8 +72,12 @@ def config_space(head_dim: int) -> list[KernelConfig]:
                 for flat_loop in (False, True):
                     for tma in (False, True):
                         for head_major in (False, True):
-                            space.append(KernelConfig(block_m, block_n, num_warps, num_stages, flat_loop, tma,
-                                                      head_major))
+                            base = KernelConfig(block_m, block_n, num_warps, num_stages, flat_loop, tma, head_major)
+                            space.append(base)
+                            if tma and head_major:
+                                space.append(replace(base, tma_qo=True))
+                                if flat_loop:
+                                    space.append(replace(base, qk_ahead=True, tma_qo=True))
     return space
 
 
