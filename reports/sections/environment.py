@@ -1,9 +1,11 @@
-"""The environment fingerprint and timing policy of the run, each field under a human name (`reports.names`),
-with units; a tool's error output is never shown as a value."""
+"""The environment fingerprint, timing policy and schedule of the run, each field under a human name
+(`reports.names`), with units (a tool's error output is never shown as a value), and where the run's wall time
+went (results ``wall``: start-up, stages, each problem group's phases; a --gpus run's per card)."""
 
 from __future__ import annotations
 
 from reports.blocks import Definitions, Section
+from reports.formatting import fmt_duration
 from reports.names import display_value, human_name
 from reports.rows import flatten
 from reports.run import Run
@@ -18,8 +20,28 @@ def _definitions(mapping: object, caption: str) -> Definitions | None:
                        caption=caption)
 
 
+def _seconds(phases: dict) -> str:
+    return ", ".join(f"{key.removesuffix('_s').replace('_', '-')} {fmt_duration(value * 1e3)}"
+                     for key, value in phases.items() if isinstance(value, (int, float)))
+
+
+def _wall(run: Run) -> Definitions | None:
+    """One line for the run's (or the parent's) stages, one per problem group, one per card of a --gpus run."""
+    wall = run.results.get("wall")
+    if not isinstance(wall, dict) or not wall:
+        return None
+    items = [("run", _seconds(wall))]
+    items += [(group, _seconds(phases)) for group, phases in (wall.get("groups") or {}).items()]
+    for card in ((run.env or {}).get("spread") or {}).get("cards", ()):
+        if isinstance(card.get("wall"), dict):
+            items.append((f"GPU {card.get('index')}", _seconds(card["wall"])))
+            items += [(f"GPU {card.get('index')}: {group}", _seconds(phases))
+                      for group, phases in (card["wall"].get("groups") or {}).items()]
+    return Definitions(items, caption="Where the run's wall time went (start-up counts from the process's start)")
+
+
 def section(run: Run) -> Section:
-    blocks = [_definitions(run.env, "Environment fingerprint"),
+    blocks = [_wall(run), _definitions(run.env, "Environment fingerprint"),
               _definitions(run.results.get("policy"), "Timing policy"),
               _definitions(run.results.get("schedule"), "Schedule")]
     blocks = [block for block in blocks if block is not None]
