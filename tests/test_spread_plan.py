@@ -137,7 +137,7 @@ def test_one_heavy_group_is_split_by_layer_and_its_other_layers_named_unanchored
 
 @pytest.mark.parametrize("method, per_unit_s", [
     ("hilberta_fa4_t16", plan_module.COMPILE_S_OTHER),  # from FA4's disk cache: once, whatever the layers
-    ("hilberta_flex_t16", plan_module.COMPILE_S["flex"][0]),  # Flex traces again in every process
+    ("hilberta_flex_t16", plan_module.COMPILE_S["flex"]),  # Flex traces again in every process
     ("hilberta_t16", plan_module.COMPILE_S_OTHER),
 ])
 def test_first_calls_are_paid_once_per_unit(method, per_unit_s):
