@@ -14,6 +14,7 @@ Flex materializes the L x L scores and is no fair peer), on CPU they run eagerly
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -32,6 +33,17 @@ FLEX_BLOCK_SIZE = 128  # Flex's default; block-level densities below are quoted 
 # skips create_block_mask's torch.compile, which took 78 s cold on an H100 (in every ncu subprocess too).
 # Above it (4096x4096: 4.4 G pairs) only the compiled, tiled build fits.
 EAGER_BLOCK_MASK_PAIRS = 2**29
+# Inductor compiles in a pool of worker processes by default (about one per core). For Flex's few kernels,
+# loaded from Inductor's disk cache after a machine's first run, the pool only costs: measured on an H200
+# host (2026-11-28), a process that compiled Flex spent 11-12 s in its exit shutting the pool down (1.5 s
+# with one compile thread), and a spread run starts one pool per card. One thread unless the user chose;
+# set in the environment too, so env.json records it and the ncu target processes inherit it.
+COMPILE_THREADS_ENV = "TORCHINDUCTOR_COMPILE_THREADS"
+if COMPILE_THREADS_ENV not in os.environ:
+    os.environ[COMPILE_THREADS_ENV] = "1"
+    import torch._inductor.config as inductor_config
+
+    inductor_config.compile_threads = 1  # Inductor may have read its environment already
 # Each (problem, mask) pair compiles its own Flex graph; the dynamo default (8) would silently fall back
 # to eager Flex partway through a suite. Raise it, and make hitting it an error rather than a slow run.
 RECOMPILE_LIMIT = 256

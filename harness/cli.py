@@ -34,6 +34,7 @@ DELEGATES = {
     "tune": ("harness.apps.tune", "search kernel launch configs and store the best per GPU architecture"),
     "e2e": ("harness.apps.e2e.cli", "time end-to-end Flux transformer steps with each attention method"),
 }
+COMMANDS = ("list", "run", "report", *DELEGATES)
 
 
 class BadInput(ValueError):
@@ -134,27 +135,29 @@ def _build_report(results_dir, compare_dir=None, verdict=None) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from harness.core.memory import absurd_problems
-    from harness.core.results import load_results
-    from harness.core.runner import exit_status, optional, print_summary, run_suite
-
-    # the [e2e] table is harness.apps.e2e's: its check at load time, its runner in the run
-    settings, _ = optional("harness.apps.e2e", "E2ESettings")
-    run_e2e, _ = optional("harness.apps.e2e", "run_e2e_cases")
     methods, resolutions = _names(args.methods, "--methods"), _names(args.resolutions, "--resolutions")
-    device = _device(args.device)
-    suite = _load_suite(args.suite, sections={"e2e": settings.from_section} if settings else None)
-    suite = suite.select(methods=methods, resolutions=resolutions, quick=args.quick)
-    absurd = absurd_problems(suite.problems(), device)
-    if absurd:
-        raise BadInput(absurd)
-    try:
-        if args.gpus > 1:  # problem groups spread over the host's GPUs, one merged results.json (issue #17)
-            from harness.core.spread import Selection, run_spread
+    pool = None
+    if args.gpus > 1:  # problem groups spread over the host's GPUs (issue #17): the workers start first, so
+        # their start-up (torch, CUDA, the engines' probes) runs while this process imports torch and checks
+        from harness.core.spread.pool import Selection, start_workers
 
-            selection = Selection(args.suite, methods, resolutions, args.quick,
-                                  e2e_runner="harness.apps.e2e:run_e2e_cases")
-            out_dir = run_spread(selection, args.gpus, args.out)
+        selection = Selection(args.suite, methods, resolutions, args.quick, e2e_runner="harness.apps.e2e:run_e2e_cases")
+        pool = start_workers(selection, args.gpus, args.out)
+    try:
+        suite, device, run_e2e = _checked_run(args, methods, resolutions)
+    except BaseException:
+        if pool is not None:
+            pool.close()
+        raise
+
+    from harness.core.results import load_results
+    from harness.core.runner import exit_status, print_summary, run_suite
+
+    try:
+        if pool is not None:
+            from harness.core.spread.run import run_spread
+
+            out_dir = run_spread(selection, args.gpus, args.out, pool=pool)
         else:
             out_dir = run_suite(suite, args.out, device=device, progress=not args.no_progress, e2e=run_e2e)
     except KeyboardInterrupt:
@@ -166,6 +169,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.report:
         code = max(code, _build_report(out_dir))
     return code
+
+
+def _checked_run(args: argparse.Namespace, methods, resolutions):
+    """The suite selection, the device and the [e2e] runner of ``run``, with its input checked (BadInput)."""
+    from harness.core.memory import absurd_problems
+    from harness.core.runner import optional
+
+    # the [e2e] table is harness.apps.e2e's: its check at load time, its runner in the run (imported only for
+    # a one-GPU run of a suite that has the table: it imports diffusers, 2-5 s; a spread worker imports its own)
+    settings, _ = optional("harness.apps.e2e", "E2ESettings")
+    device = _device(args.device)
+    suite = _load_suite(args.suite, sections={"e2e": settings.from_section} if settings else None)
+    suite = suite.select(methods=methods, resolutions=resolutions, quick=args.quick)
+    absurd = absurd_problems(suite.problems(), device)
+    if absurd:
+        raise BadInput(absurd)
+    run_e2e = optional("harness.apps.e2e", "run_e2e_cases")[0] if "e2e" in suite.metrics and args.gpus <= 1 else None
+    return suite, device, run_e2e
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -220,7 +241,10 @@ def _delegate(sub: argparse._SubParsersAction, command: str, module_name: str, h
     parser.set_defaults(func=module.run)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line. A delegated command's module is imported only when it is ``command`` (all of them
+    when that is None, so the help says which can run): importing them imports torch, which ``run --gpus N``
+    must not wait for before it starts its workers."""
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -248,8 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", metavar="DIR", help="a second results directory to compare against")
     p.set_defaults(func=_cmd_report)
 
-    for command, (module_name, help_text) in DELEGATES.items():
-        _delegate(sub, command, module_name, help_text)
+    for name, (module_name, help_text) in DELEGATES.items():
+        if command in (None, name):
+            _delegate(sub, name, module_name, help_text)
+        else:  # listed, not loaded: this invocation is another command
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
@@ -263,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = build_parser()
+    words = [word for word in (sys.argv[1:] if argv is None else argv) if not word.startswith("-")]
+    parser = build_parser(words[0] if words and words[0] in COMMANDS else None)
     try:
         args, unknown = parser.parse_known_args(argv)
         if unknown and not getattr(args, "takes_any_arguments", False):

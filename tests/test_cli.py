@@ -150,10 +150,15 @@ def test_present_delegate_gets_its_own_arguments(monkeypatch):
     assert seen == {"level": 3}
 
 
-def test_python_dash_m_harness():
-    done = subprocess.run([sys.executable, "-m", "harness", "--help"], cwd=ROOT, capture_output=True, text=True,
+@pytest.mark.parametrize("argv, code, stream, expected", [
+    (["--help"], 0, "stdout", "run"),
+    (["run", "no-such-suite"], 2, "stderr", "error: "),
+], ids=["help", "bad-input"])
+def test_python_dash_m_harness_flushes_its_output_and_keeps_its_exit_code(argv, code, stream, expected):
+    # the process ends through harness.exit_now (no interpreter teardown): its output must still be flushed
+    done = subprocess.run([sys.executable, "-m", "harness", *argv], cwd=ROOT, capture_output=True, text=True,
                           check=False)
-    assert done.returncode == 0 and "run" in done.stdout
+    assert done.returncode == code and expected in getattr(done, stream)
 
 
 # ---- noxfile ---------------------------------------------------------------------------------------------

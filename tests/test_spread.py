@@ -6,6 +6,7 @@ worker that dies turns only its own cases into "failed" rows. The plan itself: t
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -30,19 +31,24 @@ def suite_path(tmp_path):
 
 # ---- real workers on the CPU -------------------------------------------------------------------------------
 
-def _failing_on(index: int | None):
+def _failing_on(index: int | None, selection):
     """A launcher running the real worker, except on card ``index``, which exits 3 after a message."""
-    def launch(worker, payload_path):
+    def launch(worker):
         if worker.index == index:
             return [sys.executable, "-c", "import sys; print('simulated crash of this card'); sys.exit(3)"]
-        return spread.worker_command(payload_path)
+        return spread.worker_command(selection, "cpu")
     return launch
+
+
+def _worker(index: int, units: list[str], directory) -> spread.Worker:
+    """A worker record as the parent holds it once dispatched."""
+    return spread.Worker(index, directory.with_suffix(".log"), units=units, directory=directory)
 
 
 @pytest.mark.parametrize("failing", [None, 1], ids=["all-ok", "gpu1-dies"])
 def test_spread_run_merges_one_valid_results_file(tmp_path, suite_path, failing):
     selection = spread.Selection(suite=str(suite_path))
-    out = spread.run_spread(selection, 2, tmp_path / "run", device="cpu", launcher=_failing_on(failing),
+    out = spread.run_spread(selection, 2, tmp_path / "run", device="cpu", launcher=_failing_on(failing, selection),
                             echo=lambda line: None)
     results = load_results(out)  # validates the merged file
     suite = selection.load()
@@ -72,6 +78,7 @@ def test_spread_run_merges_one_valid_results_file(tmp_path, suite_path, failing)
     assert results["wall"]["workers_s"] <= results["wall"]["total_s"]
     walls = [card["wall"] for card in cards]
     assert walls[0]["groups"] and (walls[1] is None) is (failing == 1)  # the dead worker never wrote its own
+    assert all(0 <= card["started_s"] <= card["exited_s"] <= results["wall"]["total_s"] for card in cards)
 
 
 # one resolution at two phases: an anchor (flex_dense, dense, layer 0 only) and sdpa_math at both phases
@@ -122,7 +129,7 @@ def _worker_dir(root, index: int, units: list[str], rows: list[dict], orders: di
         "policy": {}, "complete": complete, "aa_pairs": [{"a": "x", "b": f"y{index}"}],
         "schedule": {"kind": "interleaved", "rounds": 3 + index, "cases": {g: ["?"] for g in orders}},
         "schedule_orders": orders, "cases": rows}))
-    worker = spread.Worker(index, units, directory)
+    worker = _worker(index, units, directory)
     worker.returncode = 0
     return worker
 
@@ -142,7 +149,7 @@ def test_merge_keeps_every_cards_orders_and_refuses_a_case_run_twice(tmp_path, s
     else:
         assignment, orders = [["128x64"], []], [{"128x64": [[0, 1, 2, 3, 4]]}, {}]
     workers = [_worker_dir(tmp_path, i, assignment[i], [{**row, "case": "ab"[i]}], orders[i]) for i in (0, 1)]
-    merged = spread.merge(suite, workers[:1 + split], "run", _plan(suite, assignment, split))
+    merged = spread.merge_workers(suite, workers[:1 + split], "run", _plan(suite, assignment, split))
     expected = ({"128x64/layer0": [[0, 1, 2]], "128x64/layer1": [[1, 0]]} if split
                 else {"128x64": [[0, 1, 2, 3, 4]]})
     assert merged["schedule_orders"] == expected
@@ -154,17 +161,17 @@ def test_merge_keeps_every_cards_orders_and_refuses_a_case_run_twice(tmp_path, s
     twice = [_worker_dir(tmp_path / "twice", i, ["128x64/layer0", "128x64/layer1"][i:i + 1], [row], {})
              for i in (0, 1)]
     with pytest.raises(SchemaError, match="appears twice"):
-        spread.merge(suite, twice, "run", _plan(suite, [["128x64/layer0"], ["128x64/layer1"]], True))
+        spread.merge_workers(suite, twice, "run", _plan(suite, [["128x64/layer0"], ["128x64/layer1"]], True))
 
 
 def test_group_keys_name_the_layers_a_card_holds_of_a_split_resolution(tmp_path):
     suite = load_suite("bench-2048")
     plan = _plan(suite, [["2048x2048/layer0", "2048x2048/layer2"], ["2048x2048/layer1", "2048x2048/layer3"]], True)
-    workers = [spread.Worker(i, units, tmp_path / f"gpu{i}") for i, units in enumerate(plan.assignment)]
+    workers = [_worker(i, units, tmp_path / f"gpu{i}") for i, units in enumerate(plan.assignment)]
     assert spread.group_keys(plan, workers) == {(0, "2048x2048"): "2048x2048/layer0+layer2",
                                                 (1, "2048x2048"): "2048x2048/layer1+layer3"}
     whole = _plan(suite, [list(spread.units_of(suite, True))], True)  # every layer on one card: its plain key
-    assert spread.group_keys(whole, [spread.Worker(0, whole.assignment[0], tmp_path)]) == {(0, "2048x2048"): "2048x2048"}
+    assert spread.group_keys(whole, [_worker(0, whole.assignment[0], tmp_path)]) == {(0, "2048x2048"): "2048x2048"}
 
 
 def test_a_dead_worker_fails_its_own_sub_group_with_its_twins(tmp_path):
@@ -173,13 +180,13 @@ def test_a_dead_worker_fails_its_own_sub_group_with_its_twins(tmp_path):
     suite = load_suite(path)
     plan = _plan(suite, [["128x64/layer0"], ["128x64/layer1"]], True)
     alive = _worker_dir(tmp_path, 0, ["128x64/layer0"], [], {})
-    dead = spread.Worker(1, ["128x64/layer1"], tmp_path / "gpu1")
+    dead = _worker(1, ["128x64/layer1"], tmp_path / "gpu1")
     dead.returncode = 3
     alive_rows = [{"kind": "kernel", "case": case.case_id, "status": "ok", "reason": None}
                   for case in plan.units["128x64/layer0"]]
     (alive.directory / "results.json").write_text(json.dumps({**json.loads((alive.directory / "results.json")
                                                                            .read_text()), "cases": alive_rows}))
-    merged = spread.merge(suite, [alive, dead], "run", plan)
+    merged = spread.merge_workers(suite, [alive, dead], "run", plan)
     failed = [row for row in merged["cases"] if row["status"] == "failed"]
     assert sorted(row["case"] for row in failed) == sorted(case.case_id for case in plan.units["128x64/layer1"])
     assert all(row["device_index"] == 1 and "exit code 3" in row["reason"] for row in failed)
@@ -197,18 +204,59 @@ def test_the_e2e_table_is_one_more_unit_run_by_one_worker(tmp_path):
     assert len(holders) == 1
     selection = spread.Selection(str(path))
     payload = spread.worker_payload(selection, plan, holders[0], tmp_path / "gpu0", "cuda:0")
-    assert payload["e2e"] is True and "e2e" in spread.worker_suite(payload).metrics
+    assert payload["e2e"] is True and "e2e" in spread.worker_suite(payload, selection.load()).metrics
     assert all(part[0] != spread.E2E_GROUP for part in payload["parts"])
     for units in (u for u in plan.assignment if u not in holders):
         other = spread.worker_payload(selection, plan, units, tmp_path, "cpu")
-        assert other["e2e"] is False and "e2e" not in spread.worker_suite(other).metrics
+        assert other["e2e"] is False and "e2e" not in spread.worker_suite(other, selection.load()).metrics
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a host without CUDA")
-def test_gpus_beyond_the_host_is_one_line_and_exit_2(suite_path, tmp_path, capsys):
+@pytest.mark.parametrize("extra, message", [
+    ([], "--gpus 2: this host has 0 CUDA device(s)"),
+    (["--methods", "no_such_method"], "no_such_method"),
+], ids=["too-few-cards", "unknown-method"])
+def test_refused_input_is_one_line_exit_2_and_leaves_no_worker_behind(suite_path, tmp_path, capsys, extra, message):
     from harness.cli import main
 
-    assert main(["run", str(suite_path), "--gpus", "2", "--out", str(tmp_path / "run")]) == 2
+    assert main(["run", str(suite_path), "--gpus", "2", "--out", str(tmp_path / "run"), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --gpus 2: this host has 0 CUDA device(s)"]
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not (tmp_path / "run").exists()  # refused before claiming the directory
+    assert list(tmp_path.glob(".spread-*")) == []  # the workers started first were released, their logs removed
+
+
+def test_the_workers_start_before_the_parent_imports_torch(suite_path, tmp_path):
+    """``run --gpus N`` starts its workers first: their start-up overlaps the parent's torch import."""
+    spy = ("import sys\n"
+           "import harness.core.spread.pool as pool\n"
+           "def start_workers(*args, **kwargs):\n"
+           "    print('torch imported:', 'torch' in sys.modules)\n"
+           "    raise SystemExit(0)\n"
+           "pool.start_workers = start_workers\n"
+           "from harness.cli import main\n"
+           f"main(['run', {str(suite_path)!r}, '--gpus', '2', '--out', {str(tmp_path / 'run')!r}])\n")
+    done = subprocess.run([sys.executable, "-c", spy], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "torch imported: False", done.stderr
+
+
+def test_a_card_without_units_is_released_and_the_run_is_complete(tmp_path, suite_path):
+    selection = spread.Selection(suite=str(suite_path), resolutions=["64x64", "128x64"])
+    out = spread.run_spread(selection, 3, tmp_path / "run", device="cpu", echo=lambda line: None)
+    results = load_results(out)
+    cards = results["env"]["spread"]["cards"]
+    assert results["complete"] is True and len(cards) == 2  # the third card had nothing to run
+    assert len({row["device_index"] for row in results["cases"]}) == 2
+    assert "released without work" in (out / "gpu2.log").read_text()
+    assert not (out / "gpu2").exists()
+    assert list(tmp_path.glob(".spread-*")) == []  # every log moved into the run directory
+
+
+@pytest.mark.parametrize("visible, index, card", [(None, 1, "1"), ("4,5", 1, "5"), ("GPU-a, GPU-b", 0, "GPU-a")])
+def test_each_worker_sees_its_own_card_of_the_parents_visible_devices(monkeypatch, visible, index, card):
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    env = spread.card_env(index)
+    assert env["CUDA_VISIBLE_DEVICES"] == card and env["NCCL_NVLS_ENABLE"] == "0"

@@ -57,11 +57,12 @@ SUITES = ["bench-ci", "bench-2048"]
 def _worker_cases(name: str, gpus: int) -> tuple[spread.Plan, list[list]]:
     """The plan, and per card the cases its worker would run (payload -> worker_suite -> cases)."""
     selection = spread.Selection(name)
-    plan = spread.spread_plan(selection.load(), gpus)
+    suite = selection.load()
+    plan = spread.spread_plan(suite, gpus)
     per_card = []
     for units in plan.assignment:
         payload = spread.worker_payload(selection, plan, units, Path("gpu"), "cpu")
-        per_card.append(spread.worker_suite(payload).cases() if units else [])
+        per_card.append(spread.worker_suite(payload, suite).cases() if units else [])
     return plan, per_card
 
 

@@ -34,7 +34,9 @@ def _wall(run: Run) -> Definitions | None:
     items += [(group, _seconds(phases)) for group, phases in (wall.get("groups") or {}).items()]
     for card in ((run.env or {}).get("spread") or {}).get("cards", ()):
         if isinstance(card.get("wall"), dict):
-            items.append((f"GPU {card.get('index')}", _seconds(card["wall"])))
+            span = {key: card[key] for key in ("started_s", "exited_s") if isinstance(card.get(key), (int, float))}
+            parent = f" (on the parent's clock: {_seconds(span)})" if span else ""
+            items.append((f"GPU {card.get('index')}", _seconds(card["wall"]) + parent))
             items += [(f"GPU {card.get('index')}: {group}", _seconds(phases))
                       for group, phases in (card["wall"].get("groups") or {}).items()]
     return Definitions(items, caption="Where the run's wall time went (start-up counts from the process's start)")

@@ -1,7 +1,7 @@
-"""``python -m harness.core.spread PAYLOAD.json``: one worker of a spread run (`harness.core.spread.run`)."""
+"""``python -m harness.core.spread SELECTION DEVICE``: one worker of a spread run (`harness.core.spread.run.main`;
+its payload's path comes on stdin)."""
 
-import sys
-
+from harness import exit_now
 from harness.core.spread.run import main
 
-sys.exit(main())
+exit_now(main())

@@ -15,32 +15,17 @@ last line of its log; the run is then ``complete: false``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-
 from harness.core.cases import CaseSpec, Suite
 from harness.core.results import ResultsError, load_results, utc_now
 from harness.core.schema import SCHEMA_VERSION, Row, SchemaError, validate_results
 from harness.core.spread.plan import E2E_GROUP, Plan
+from harness.core.spread.pool import Worker
 from harness.measure import derived
 
 # Run-level fields merged across workers (below); the rest are per run or taken from the first worker.
 PER_GROUP = ("schedule_orders", "schedule")
 CONCATENATED = ("aa_pairs",)
 PER_RUN = ("run_id", "suite", "created", "env", "cases", "finished", "complete", "device", "upgrade", "wall")
-
-
-@dataclass
-class Worker:
-    index: int  # the card's index on this host
-    units: list[str]  # unit keys of the plan (`harness.core.spread.plan`)
-    directory: Path
-    process: object | None = None  # subprocess.Popen while it runs
-    returncode: int | None = None
-    log: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.log = self.directory.with_suffix(".log")
 
 
 def _worker_results(worker: Worker) -> tuple[dict | None, str | None]:
@@ -114,7 +99,7 @@ class _RunFields:
         return {key: value for key, value in found.items() if value is not None}
 
 
-def merge(suite: Suite, workers: list[Worker], run_id: str, plan: Plan) -> dict:
+def merge_workers(suite: Suite, workers: list[Worker], run_id: str, plan: Plan) -> dict:
     """One results dict from the workers' directories, rows in the suite's plan order (validated)."""
     cases = {case.case_id: case for case in suite.cases()}  # the plan order
     rows: dict[str, dict] = {}
@@ -129,7 +114,7 @@ def merge(suite: Suite, workers: list[Worker], run_id: str, plan: Plan) -> dict:
         env = (results or {}).get("env") or {}
         card = {"index": worker.index, "name": env.get("gpu_name"), "uuid": env.get("gpu_uuid")}
         cards.append({**card, "units": worker.units, "estimated_s": sum(plan.costs[u] for u in worker.units),
-                      "exit_code": worker.returncode,
+                      "exit_code": worker.returncode, "started_s": worker.started_s, "exited_s": worker.exited_s,
                       "directory": worker.directory.name, "log": worker.log.name,
                       "complete": bool(results and results.get("complete")),
                       "ceilings": (results or {}).get("ceilings"), "wall": (results or {}).get("wall")})
