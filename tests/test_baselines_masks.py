@@ -144,3 +144,20 @@ def test_hilberta_mask_name_changes_with_the_phase_only():
     layout = HilbertLayout(8, 8, 4, 4)
     names = [hilberta_mask(layout, layer).name for layer in range(5)]
     assert names[0] == names[4] and len(set(names[:4])) == 4
+
+
+@pytest.mark.parametrize("given, expected", [(None, "1 1"), ("3", "3 3")])
+def test_inductor_compiles_with_one_thread_unless_the_environment_says_otherwise(given, expected):
+    """Flex's compiles: one thread by default (the pool cost 10 s at every exit), the user's count if set."""
+    import os
+    import subprocess
+    import sys
+
+    from baselines.flex_common import COMPILE_THREADS_ENV
+
+    env = {key: value for key, value in os.environ.items() if key != COMPILE_THREADS_ENV}
+    env.update({} if given is None else {COMPILE_THREADS_ENV: given})
+    code = ("import os, torch._inductor.config as config, baselines.flex_common; "
+            f"print(os.environ[{COMPILE_THREADS_ENV!r}], config.compile_threads)")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert found.stdout.strip() == expected
