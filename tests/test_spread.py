@@ -260,3 +260,20 @@ def test_each_worker_sees_its_own_card_of_the_parents_visible_devices(monkeypatc
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     env = spread.card_env(index)
     assert env["CUDA_VISIBLE_DEVICES"] == card and env["NCCL_NVLS_ENABLE"] == "0"
+
+
+def test_an_interrupt_while_handing_out_work_stops_every_worker_and_marks_the_run_incomplete(tmp_path, suite_path):
+    selection = spread.Selection(suite=str(suite_path))
+    pool = spread.start_workers(selection, 2, tmp_path / "run", device="cpu")
+
+    def interrupt(line):  # Ctrl-C right after the first card got its payload
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        spread.run_spread(selection, 2, tmp_path / "run", device="cpu", echo=interrupt, pool=pool)
+    assert all(worker.returncode is not None and worker.exited_s is not None for worker in pool.workers)
+    results = load_results(tmp_path / "run")
+    assert results["complete"] is False
+    planned = {case.case_id for case in selection.load().cases()}
+    assert {row["case"] for row in results["cases"]} <= planned
+    assert all(row["status"] == "failed" for row in results["cases"])  # the dispatched card was stopped

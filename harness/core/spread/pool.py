@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # the suite module imports torch
 # Kept off in every worker (KINDS.md): NVLink multicast is not lent on these machines.
 NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 RELEASE = "\n"  # the line that sends a worker home without work
+POLL_S = 0.05  # how often the parent looks for exited workers (each one's exit time is recorded)
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,15 @@ class Pool:
         self._send(worker, RELEASE)
 
     def wait(self) -> None:
-        """Wait for every worker to exit, in card order, noting each exit code and time."""
-        for worker in self.workers:
-            worker.returncode = worker.process.wait()
-            worker.exited_s = _since_start()
+        """Wait for every worker to exit, noting each one's exit code and when it exited."""
+        running = [worker for worker in self.workers if worker.returncode is None]
+        while running:
+            for worker in running:
+                worker.returncode = worker.process.poll()
+                if worker.returncode is not None:
+                    worker.exited_s = _since_start()
+            running = [worker for worker in running if worker.returncode is None]
+            time.sleep(POLL_S if running else 0)
 
     def terminate(self) -> None:
         """Stop every worker still running (an interrupted run), then collect their exit codes."""

@@ -100,17 +100,17 @@ def run_spread(selection: Selection, gpus: int | Sequence[int], out_dir: str | P
             pool.close()
         raise
     pool.move_logs(out_dir)
-    for worker, units, load in zip(pool.workers, plan.assignment, plan.loads):
-        if not units:
-            pool.release(worker)
-            continue
-        directory = out_dir / f"gpu{worker.index}"
-        pool.dispatch(worker, units, directory, worker_payload(selection, plan, units, directory, device))
-        echo(f"gpu{worker.index}: {', '.join(units)} (estimated {load:.0f} s) -> {directory}")
-    if plan.unanchored():
-        echo(f"timed without their resolution's dense anchor on the same card: {', '.join(plan.unanchored())}")
     interrupted = False
     try:
+        for worker, units, load in zip(pool.workers, plan.assignment, plan.loads):
+            if not units:
+                pool.release(worker)
+                continue
+            directory = out_dir / f"gpu{worker.index}"
+            pool.dispatch(worker, units, directory, worker_payload(selection, plan, units, directory, device))
+            echo(f"gpu{worker.index}: {', '.join(units)} (estimated {load:.0f} s) -> {directory}")
+        if plan.unanchored():
+            echo(f"timed without their resolution's dense anchor on the same card: {', '.join(plan.unanchored())}")
         with wall.stage("workers"):  # waiting for the last to exit
             pool.wait()
         for worker in pool.workers:
@@ -121,6 +121,8 @@ def run_spread(selection: Selection, gpus: int | Sequence[int], out_dir: str | P
     with wall.stage("merge"):
         merged = merge_workers(suite, pool.workers, run_id, plan)
     merged["wall"] = wall.to_dict()
+    if interrupted:  # units never handed out have no rows at all: the run is not whole
+        merged["complete"] = False
     write_json_atomic(out_dir / RESULTS_NAME, merged)
     write_json_atomic(out_dir / ENV_NAME, merged["env"])
     export_pytest_benchmark(merged, out_dir / PYTEST_BENCHMARK_NAME)
