@@ -107,7 +107,7 @@ class Pool:
         try:
             worker.process.stdin.write(line)
             worker.process.stdin.close()
-        except (BrokenPipeError, OSError):  # it died while warming up: `wait` collects its exit code and log
+        except OSError:  # a broken pipe: it died while warming up: `wait` collects its exit code and log
             pass
 
     def dispatch(self, worker: Worker, units: list[str], directory: Path, payload: dict) -> None:
@@ -152,6 +152,11 @@ class Pool:
                 worker.log.unlink(missing_ok=True)
 
 
+def card_indices(gpus: int | Sequence[int]) -> list[int]:
+    """``--gpus``'s cards: a count N is cards 0..N-1, a sequence names them."""
+    return list(range(gpus)) if isinstance(gpus, int) else list(gpus)
+
+
 def _since_start() -> float:
     return round(time.time() - PROCESS_START_S, 3)
 
@@ -166,7 +171,7 @@ def start_workers(selection: Selection, gpus: int | Sequence[int], out_dir: str 
     ``device`` is the torch device inside each worker (``cuda:0``: its one visible card; ``cpu`` in
     tests); ``launcher`` turns a worker into its command (default: `worker_command`).
     """
-    indices = list(range(gpus)) if isinstance(gpus, int) else list(gpus)
+    indices = card_indices(gpus)
     log_dir = Path(out_dir).resolve().parent if out_dir is not None else RESULTS_ROOT
     log_dir.mkdir(parents=True, exist_ok=True)
     launcher = launcher or (lambda _worker: worker_command(selection, device))

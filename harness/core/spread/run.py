@@ -25,7 +25,7 @@ from harness.core.paths import RESULTS_ROOT, claim_run_dir
 from harness.core.results import ENV_NAME, PYTEST_BENCHMARK_NAME, RESULTS_NAME, export_pytest_benchmark, write_json_atomic
 from harness.core.spread.merge import merge_workers
 from harness.core.spread.plan import E2E_GROUP, Plan, spread_plan
-from harness.core.spread.pool import Launcher, Pool, Selection, start_workers
+from harness.core.spread.pool import Launcher, Pool, Selection, card_indices, start_workers
 from harness.core.wall import WallClock
 
 
@@ -88,7 +88,7 @@ def run_spread(selection: Selection, gpus: int | Sequence[int], out_dir: str | P
     command (default: `harness.core.spread.pool.worker_command`).
     """
     wall = WallClock()
-    indices = list(range(gpus)) if isinstance(gpus, int) else list(gpus)
+    indices = card_indices(gpus)
     try:
         check_cards(indices, device)
         pool = pool or start_workers(selection, indices, out_dir, device, launcher)
