@@ -36,6 +36,7 @@ FAMILY_MODULES = (
     "baselines.sliding_tile",
     "baselines.neighborhood",
     "baselines.fa4",
+    "baselines.fa4_split",
 )
 CATEGORIES = ("dense", "hilberta", "sliding_tile", "neighborhood", "control")
 

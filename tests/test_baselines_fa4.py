@@ -257,6 +257,7 @@ def test_float32_is_refused(fresh_status, monkeypatch):
 @pytest.mark.parametrize("spec, name, category", [
     ("fa4_dense", "fa4_dense", "dense"),
     ({"method": "hilberta_fa4", "tiles": 4, "curve": "closed"}, "hilberta_fa4_t4_closed", "hilberta"),
+    ({"method": "hilberta_fa4split", "tiles": 4, "shared_rows": "fused"}, "hilberta_fa4split_t4_fused", "hilberta"),
     ({"method": "sta_fa4", "tile": [16, 8], "window": [3, 8]}, "sta_fa4_tile16x8_win3x8", "sliding_tile"),
     ({"method": "na_fa4", "kernel": 27}, "na_fa4_k27", "neighborhood"),
 ])

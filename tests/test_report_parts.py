@@ -55,6 +55,23 @@ def test_matched_density_baseline_is_the_nearest_density(candidates, picked):
     assert "FA4 block-sparse" not in table.index  # optional family, absent from the run: not listed
 
 
+@pytest.mark.parametrize("ours_ms, picked", [(1.4, "hilberta_fa4split_t16"), (1.6, "hilberta_t16")])
+def test_fa4_pieces_count_as_hilberta_and_block_sparsity_as_its_peer(ours_ms, picked):
+    """HilbertA's fastest implementation (the Triton kernel or the dense-FA4-pieces one) against FA4 block
+    sparsity on the same mask; FA4 dense stays a dense reference."""
+    records = [{"method": "hilberta_t16", "category": "hilberta", "median_ms": 1.5, "density": {"token": 0.22}},
+               {"method": "hilberta_fa4split_t16", "category": "hilberta", "median_ms": ours_ms,
+                "density": {"token": 0.22}},
+               {"method": "hilberta_fa4_t16", "category": "hilberta", "median_ms": 1.45, "density": {"token": 0.22}},
+               {"method": "fa4_dense", "category": "dense", "dense_reference": True, "median_ms": 4.6,
+                "density": {"token": 1.0}}]
+    table = family_speedups(frame_of(records)).set_index("family")
+    fa4 = table.loc["FA4 block-sparse, same mask"]
+    assert (fa4["hilberta"], fa4["baseline"]) == (picked, "hilberta_fa4_t16")
+    assert fa4["speedup"] == pytest.approx(1.45 / min(ours_ms, 1.5))
+    assert table.loc["dense attention", "baseline"] == "fa4_dense"
+
+
 def test_phase_spread_pairs_layers_and_ignores_aa_twins():
     records = [{"method": "hilberta_t16", "category": "hilberta", "median_ms": ms, "layer": layer,
                 "density": {"token": 0.22}} for layer, ms in enumerate([1.0, 1.1])]

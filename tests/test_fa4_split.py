@@ -1,0 +1,120 @@
+"""HilbertA as dense FA4 pieces (`baselines.fa4_split`): the decomposition and the log-sum-exp merge are exact.
+
+FA4 itself needs a Hopper GPU, so here its ``_flash_attn_fwd`` is stood in for by an exact dense attention
+with the same calling convention (batch [B, L, H, D] or variable-length [total, H, D] with ``cu_seqlens``,
+``out=``, natural-log ``lse``); the merge is the real Triton kernel, in the interpreter on the CPU. A wrong
+piece (a key set too many or too few, a tile off by one, the wrap tile's rows out of order, the merge's
+weights) changes rows and fails against the exact reference under the layout's own mask.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from baselines.fa4 import fa4_probe
+from baselines.fa4_split import split_attention, split_plan
+from baselines.problem import Problem
+from baselines.registry import MethodUnavailable, resolve
+from harness.measure.correctness import CorrectnessPolicy, check_correctness
+from kernels.layout import HilbertLayout
+from kernels.lse_merge import merge_partials
+from kernels.reference import reference_attention, relative_error
+
+def _attend(q, k, v):
+    """[Lq, H, D] x [Lk, H, D] -> (out [Lq, H, D], lse [H, Lq]) in float32."""
+    scores = torch.einsum("qhd,khd->hqk", q.float(), k.float()) * q.shape[-1] ** -0.5
+    lse = torch.logsumexp(scores, dim=-1)
+    out = torch.einsum("hqk,khd->qhd", torch.softmax(scores, dim=-1), v.float())
+    return out, lse
+
+
+def fake_fwd(q, k, v, *, out=None, return_lse=False, cu_seqlens_q=None, cu_seqlens_k=None, seqused_k=None,
+             max_seqlen_q=None, max_seqlen_k=None):
+    """FA4's ``_flash_attn_fwd`` calling convention, computed exactly: sequence i of a variable-length call is
+    queries [cu_q[i], cu_q[i+1]) against keys from cu_k[i], seqused_k[i] of them (as FA4's SeqlenInfoQK reads)."""
+    if cu_seqlens_q is None:
+        parts = [_attend(q[b], k[b], v[b]) for b in range(q.shape[0])]
+        o = torch.stack([p[0] for p in parts]).to(q.dtype)
+        lse = torch.stack([p[1] for p in parts])
+    else:
+        bounds_q, starts_k, used_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist(), seqused_k.tolist()
+        assert bounds_q[0] == 0 and bounds_q[-1] == q.shape[0] and len(starts_k) == len(bounds_q)
+        parts = [_attend(q[a:b], k[c : c + n], v[c : c + n]) for a, b, c, n in
+                 zip(bounds_q, bounds_q[1:], starts_k, used_k)]
+        assert all(n > 0 and c + n <= k.shape[0] for c, n in zip(starts_k, used_k))
+        assert max(b - a for a, b in zip(bounds_q, bounds_q[1:])) == max_seqlen_q and max(used_k) == max_seqlen_k
+        o = torch.cat([p[0] for p in parts]).to(q.dtype)
+        lse = torch.cat([p[1] for p in parts], dim=1)
+    if out is not None:
+        out.copy_(o)
+        o = out
+    return o, (lse if return_lse else None), None, None, None
+
+
+# (height, width, text, tiles, centre): aligned and unaligned tiles, no text, no centre, one tile, a rectangle,
+# more tiles than a short local region divides evenly
+LAYOUTS = [(8, 8, 16, 4, 0.25), (8, 8, 0, 3, 0.25), (6, 10, 8, 5, 0.0), (8, 8, 16, 1, 0.25), (4, 4, 3, 7, 0.0)]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("layer", [0, 1, 2, 3])
+@pytest.mark.parametrize("dims", LAYOUTS, ids=lambda d: "x".join(map(str, d)))
+def test_split_equals_the_reference_under_the_layouts_mask(dims, layer, fused, device):
+    height, width, text, tiles, centre = dims
+    layout = HilbertLayout(height, width, text, tiles, centre_fraction=centre)
+    gen = torch.Generator().manual_seed(layer)
+    q, k, v = (torch.randn(2, 3, layout.seq_len, 16, generator=gen).to(device) for _ in range(3))
+    out = split_attention(fake_fwd, split_plan(layout, layer, torch.device(device), fused), q, k, v)
+    ref = reference_attention(q, k, v, mask=lambda rows: layout.mask_rows(rows, layer))
+    assert out.shape == q.shape
+    assert relative_error(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("layer, wraps", [(0, False), (1, True), (3, True)])
+def test_the_wrapping_tile_reads_its_head_run_after_the_shared_keys(layer, wraps):
+    """Shifted tiles: the head run R0 attends the shared keys and itself in one key run [0, S + |R0|), and R1's
+    keys in the tile call; unshifted ones: one shared-key run for every local row."""
+    layout = HilbertLayout(8, 8, 16, 4, centre_fraction=0.25)
+    s, head = layout.shared_tokens, layout.offset(layer)
+    plan = split_plan(layout, layer, torch.device("cpu"))
+    keys = list(zip(plan.keys.cu_q.tolist(), plan.keys.start_k.tolist(), plan.keys.used_k.tolist()))
+    if wraps:
+        assert keys[0] == (0, 0, s + head) and keys[1] == (head, 0, s) and keys[2][1:] == (0, s + head)
+        tail = keys[2][0]
+        assert plan.tiles.cu_q[0] == 0 and plan.tiles.start_k[0] == tail  # R0's rows read R1's keys
+        assert plan.tiles.used_k[0] == plan.tiles.used_k[-1] == layout.local_tokens - tail
+    else:
+        assert keys == [(0, 0, s)]
+    assert plan.tiles.cu_q[-1] == layout.local_tokens  # every local row in exactly one run
+
+
+def test_no_shared_tokens_is_refused():
+    with pytest.raises(MethodUnavailable, match="needs shared tokens"):
+        split_plan(HilbertLayout(8, 8, 0, 4, centre_fraction=0.0), 1, torch.device("cpu"))
+
+
+def test_merge_weights_by_log_sum_exp(device):
+    """Two halves of one key set, attended apart and merged (in place), equal attending the whole set."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(40, 2, 16, generator=gen).to(device) for _ in range(3))
+    k[:, :, 0] += 4.0 * torch.arange(40, device=device).float()[:, None] / 40  # lse of the halves far apart
+    whole, _ = _attend(q, k, v)
+    o_a, lse_a = _attend(q, k[:17], v[:17])
+    o_b, lse_b = _attend(q, k[17:], v[17:])
+    merge_partials(o_a, (o_a, lse_a), (o_b, lse_b), block_rows=16)
+    torch.testing.assert_close(o_a, whole, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shared_rows", ["stream", "fused"])
+@pytest.mark.parametrize("pixels, tiles, layer", [((1024, 1024), 16, 0), ((1024, 1024), 16, 1), ((1536, 1024), 4, 3),
+                                                   ((1024, 1024), 1, 2), ((1024, 1024), 7, 1)])
+def test_fa4_pieces_are_exact_on_the_gpu(pixels, tiles, layer, shared_rows):
+    """The real FA4 pieces in bf16 (every row checked against the exact reference under the layout's mask)."""
+    if not fa4_probe(torch.device("cuda")):
+        pytest.skip(fa4_probe(torch.device("cuda")).reason)
+    method = resolve({"method": "hilberta_fa4split", "tiles": tiles, "shared_rows": shared_rows})
+    prepared = method.prepare(Problem.from_pixels(*pixels, layer=layer), "cuda")
+    result = check_correctness(prepared, CorrectnessPolicy(all_rows_max_len=8192), "cuda", seed=layer)
+    assert result["passed"], result
