@@ -129,7 +129,9 @@ def split_attention(fwd, plan: SplitPlan, q: torch.Tensor, k: torch.Tensor, v: t
                                               one_of(*SHARED_ROWS))},
                  method_name=lambda p: _namer("hilberta_fa4split")(p) + ("_fused" if p["shared_rows"] == "fused"
                                                                          else ""),
-                 label=_labeler("HilbertA as dense FA4 pieces"), probe=fa4_probe)
+                 label=lambda p: _labeler("HilbertA as dense FA4 pieces")(p) + (" (fused)" if p["shared_rows"] == "fused"
+                                                                                else ""),
+                 probe=fa4_probe)
 def build_hilberta_fa4split(problem: Problem, device: torch.device, *, tiles: int, centre: float, curve: str,
                             cycle: int, shared_rows: str) -> PreparedAttention:
     """HilbertA's mask (this layer's phase) as dense FA4 calls over variable-length runs and a merge."""

@@ -118,3 +118,10 @@ def test_fa4_pieces_are_exact_on_the_gpu(pixels, tiles, layer, shared_rows):
     prepared = method.prepare(Problem.from_pixels(*pixels, layer=layer), "cuda")
     result = check_correctness(prepared, CorrectnessPolicy(all_rows_max_len=8192), "cuda", seed=layer)
     assert result["passed"], result
+
+
+def test_the_two_modes_are_told_apart_in_names_and_labels():
+    stream, fused = (resolve({"method": "hilberta_fa4split", "tiles": 16, "shared_rows": mode})
+                     for mode in ("stream", "fused"))
+    assert (stream.name, fused.name) == ("hilberta_fa4split_t16", "hilberta_fa4split_t16_fused")
+    assert stream.label != fused.label and fused.label.endswith("(fused)")
