@@ -13,13 +13,26 @@ Calls 2 and 3 return their log-sum-exp and `kernels.lse_merge.merge_partials` co
 
 ``shared_rows``: "stream" runs call 1 as one dense call on a second CUDA stream, beside calls 2 and 3 (its few
 long programs, 24 heads x S/128, would leave most SMs idle in their last wave); "fused" makes the shared rows
-the first sequence of call 2 (two FA4 calls in all). Exact for every layout with shared tokens: tile bounds and
+the first sequence of call 2 (two FA4 calls in all; one with paged keys). Exact for every layout with shared tokens: tile bounds and
 offsets need not be multiples of FA4's blocks.
+
+``shared_keys``: "merge" (the above) or "paged": one call gives each local run its whole key set, the shared
+keys' pages then its tile's, through FA4's paged KV. The keys are viewed (no copy) as pages of P tokens, P the
+largest size that divides S, the local length and every run bound (48 to 192 at 2048x2048 T=16); each run's
+page table row lists its pages, so calls 2 and 3 become one, with no partials and no merge. FA4 loads pages of
+its own key-block size (128) by TMA and other sizes by cp.async from its producer warps, which is slower on
+long sequences than the merge it saves.
+
+"auto" (the default of both) picks per layer what measured fastest on H200s (docs/kernel-notes.md, every phase
+at 1024 to 4096): paged keys where the pages load by TMA or the sequence is short (at most ``SHORT_SEQ``
+tokens: there the merge and a third call cost more than cp.async loads), else the merge; the shared rows fused
+with paged keys, else on their own stream.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +43,15 @@ from baselines.hilberta_methods import _labeler, _layout_facts, _namer, _params,
 from baselines.problem import Problem
 from baselines.registry import MethodUnavailable, Param, one_of, register_family
 
-SHARED_ROWS = ("stream", "fused")
+SHARED_ROWS = ("auto", "stream", "fused")
+SHARED_KEYS = ("auto", "merge", "paged")
+MODE_LABELS = {"stream": "stream", "fused": "fused", "merge": "merge", "paged": "paged KV"}
+TMA_PAGE = 128  # FA4's key block on Hopper at head dim 128: pages of this size load by TMA
+SHORT_SEQ = 8192  # "auto" pages the keys of sequences this short (Flux at 1024x1024 and 1536x1024) at any page
+
+
+def _int32(values: list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int32, device=device)
 
 
 @dataclass(frozen=True)
@@ -47,11 +68,32 @@ class Sequences:
     def of(cls, runs: list[tuple[int, int, int, int]], device: torch.device) -> Sequences:
         """``runs``: (query start, query end, key start, key end), query runs in order and back to back."""
         runs = [r for r in runs if r[1] > r[0]]
-        as_int32 = lambda values: torch.tensor(values, dtype=torch.int32, device=device)  # noqa: E731
-        return cls(cu_q=as_int32([r[0] for r in runs] + [runs[-1][1]]),
-                   start_k=as_int32([r[2] for r in runs] + [runs[-1][3]]),
-                   used_k=as_int32([r[3] - r[2] for r in runs]),
+        return cls(cu_q=_int32([r[0] for r in runs] + [runs[-1][1]], device),
+                   start_k=_int32([r[2] for r in runs] + [runs[-1][3]], device),
+                   used_k=_int32([r[3] - r[2] for r in runs], device),
                    max_q=max(r[1] - r[0] for r in runs), max_k=max(r[3] - r[2] for r in runs))
+
+
+@dataclass(frozen=True)
+class PagedRuns:
+    """One FA4 call whose query runs each read their keys through a row of a page table."""
+
+    cu_q: torch.Tensor  # int32 [n + 1]: query run bounds
+    used_k: torch.Tensor  # int32 [n]: keys of each run
+    table: torch.Tensor  # int32 [n, most pages of a run]: its pages in order (unused entries 0)
+    page: int  # tokens per page
+    max_q: int
+    max_k: int
+
+    @classmethod
+    def of(cls, runs: list[tuple[int, int, list[int]]], page: int, device: torch.device) -> PagedRuns:
+        """``runs``: (query start, query end, the pages of its keys), query runs in order and back to back."""
+        runs = [r for r in runs if r[1] > r[0]]
+        width = max(len(r[2]) for r in runs)
+        table = [r[2] + [0] * (width - len(r[2])) for r in runs]
+        return cls(cu_q=_int32([r[0] for r in runs] + [runs[-1][1]], device),
+                   used_k=_int32([page * len(r[2]) for r in runs], device), table=_int32(table, device),
+                   page=page, max_q=max(r[1] - r[0] for r in runs), max_k=page * width)
 
 
 @dataclass(frozen=True)
@@ -59,20 +101,31 @@ class SplitPlan:
     """The calls of one layer's mask (device tensors made once, at prepare time)."""
 
     shared: int  # S: rows and keys [0, S)
-    fused: bool  # the shared rows are the first sequence of ``keys`` (rows of the whole sequence), else
-    #              ``keys`` runs on the local rows and the shared rows are a dense call of their own
-    keys: Sequences  # rows against the shared keys (and the wrapping tile's head run, which follows them)
-    tiles: Sequences  # local rows (from 0) against their own tile's local keys
+    fused: bool  # the shared rows are the first sequence of ``keys`` or ``paged`` (rows of the whole sequence),
+    #              else those calls run on the local rows and the shared rows are a dense call of their own
+    keys: Sequences | None = None  # rows against the shared keys (and the wrapping tile's head run, which follows them)
+    tiles: Sequences | None = None  # local rows (from 0) against their own tile's local keys
+    paged: PagedRuns | None = None  # shared_keys="paged": instead of ``keys`` and ``tiles``, each run's whole key set
+
+
+def _tiles_now(layout, layer: int) -> tuple[int, int, list[tuple[int, int]]]:
+    """(head, tail, the tiles that do not wrap) in local positions: the wrapping tile is the tail run R1 =
+    [tail, n) and the head run R0 = [0, head) (head 0: no tile wraps)."""
+    bounds = layout.tile_bounds()
+    head = layout.offset(layer) if layout.num_tiles > 1 else 0  # R0: one tile is every local key at any offset
+    tail = bounds[-2] + head
+    return head, tail, [(bounds[t] + head, bounds[t + 1] + head) for t in range(layout.num_tiles - (1 if head else 0))]
+
+
+def _needs_shared(layout) -> None:
+    if layout.shared_tokens == 0:
+        raise MethodUnavailable("HilbertA as dense FA4 pieces needs shared tokens (text or a centre)")
 
 
 def split_plan(layout, layer: int, device: torch.device, fused: bool = False) -> SplitPlan:
+    _needs_shared(layout)
     s, n, length = layout.shared_tokens, layout.local_tokens, layout.seq_len
-    if s == 0:
-        raise MethodUnavailable("HilbertA as dense FA4 pieces needs shared tokens (text or a centre)")
-    bounds = layout.tile_bounds()
-    head = layout.offset(layer) if layout.num_tiles > 1 else 0  # R0: one tile is every local key at any offset
-    tail = bounds[-2] + head  # R1 = [tail, n) when the tiles are shifted
-    tiles = [(bounds[t] + head, bounds[t + 1] + head) for t in range(layout.num_tiles - (1 if head else 0))]
+    head, tail, tiles = _tiles_now(layout, layer)
     if head:
         wrap = (tail, n)
         tile_runs = [(0, head, *wrap), *[(a, b, a, b) for a, b in tiles], (*wrap, *wrap)]
@@ -86,10 +139,53 @@ def split_plan(layout, layer: int, device: torch.device, fused: bool = False) ->
                      tiles=Sequences.of(tile_runs, device))
 
 
+def page_size(layout, layer: int) -> int:
+    """The largest page that divides S, the local length and every run bound of this phase; ``TMA_PAGE`` when
+    that divides it (FA4 then loads pages by TMA)."""
+    head, tail, tiles = _tiles_now(layout, layer)
+    page = math.gcd(layout.shared_tokens, layout.local_tokens, head, tail, *(a for a, _ in tiles))
+    return TMA_PAGE if page % TMA_PAGE == 0 else page
+
+
+def modes(layout, layer: int, shared_rows: str, shared_keys: str) -> tuple[str, str]:
+    """(shared_rows, shared_keys) this layer runs with, "auto" resolved as the module's docstring says."""
+    if shared_keys == "auto":
+        tma = page_size(layout, layer) == TMA_PAGE
+        shared_keys = "paged" if tma or layout.seq_len <= SHORT_SEQ else "merge"
+    if shared_rows == "auto":
+        shared_rows = "fused" if shared_keys == "paged" else "stream"
+    return shared_rows, shared_keys
+
+
+def paged_plan(layout, layer: int, device: torch.device, fused: bool = False) -> SplitPlan:
+    """Each local run against the shared keys' pages followed by its tile's (the wrapping tile: R1's, then
+    R0's); fused: the shared rows first, against every page."""
+    _needs_shared(layout)
+    s, n, length = layout.shared_tokens, layout.local_tokens, layout.seq_len
+    head, tail, tiles = _tiles_now(layout, layer)
+    page = page_size(layout, layer)
+    pages = lambda a, b: list(range(a // page, b // page))  # noqa: E731  (sequence positions, whole pages)
+    shared = pages(0, s)
+    runs = [(a, b, shared + pages(s + a, s + b)) for a, b in tiles]
+    if head:
+        wrap = shared + pages(s + tail, s + n) + pages(s, s + head)
+        runs = [(0, head, wrap), *runs, (tail, n, wrap)]
+    if fused:
+        runs = [(0, s, pages(0, length))] + [(a + s, b + s, keys) for a, b, keys in runs]
+    return SplitPlan(shared=s, fused=fused, paged=PagedRuns.of(runs, page, device))
+
+
 def _varlen(fwd, q, k, v, seqs: Sequences, out: torch.Tensor | None = None):
     """(out, lse [H, rows]) of one variable-length call; q [rows, H, D], k and v [keys, H, D]."""
     return fwd(q, k, v, cu_seqlens_q=seqs.cu_q, cu_seqlens_k=seqs.start_k, seqused_k=seqs.used_k,
                max_seqlen_q=seqs.max_q, max_seqlen_k=seqs.max_k, out=out, return_lse=True)[:2]
+
+
+def _paged(fwd, q, k, v, runs: PagedRuns, out: torch.Tensor):
+    """One call over page-table runs into ``out``; k and v [keys, H, D] viewed as [pages, P, H, D]."""
+    as_pages = lambda t: t.view(-1, runs.page, *t.shape[1:])  # noqa: E731
+    fwd(q, as_pages(k), as_pages(v), cu_seqlens_q=runs.cu_q, seqused_k=runs.used_k, page_table=runs.table,
+        max_seqlen_q=runs.max_q, max_seqlen_k=runs.max_k, out=out)
 
 
 def _on(stream: torch.cuda.Stream | None):
@@ -109,45 +205,58 @@ def split_attention(fwd, plan: SplitPlan, q: torch.Tensor, k: torch.Tensor, v: t
     qs, ks, vs = (t.transpose(1, 2) for t in (q, k, v))  # FA4's [B, L, H, D], views
     out = torch.empty_like(qs)
     for b in range(q.shape[0]):
-        if plan.fused:
-            lse_keys = _varlen(fwd, qs[b], ks[b], vs[b], plan.keys, out=out[b])[1][:, s:]
-        else:
+        rows = slice(0, None) if plan.fused else slice(s, None)  # the rows of the keys (or paged) call
+        if not plan.fused:
             with _on(side):
                 fwd(qs[b : b + 1, :s], ks[b : b + 1], vs[b : b + 1], out=out[b : b + 1, :s])
-            lse_keys = _varlen(fwd, qs[b, s:], ks[b], vs[b], plan.keys, out=out[b, s:])[1]
-        tile_part = _varlen(fwd, qs[b, s:], ks[b, s:], vs[b, s:], plan.tiles)
-        merge_partials(out[b, s:], (out[b, s:], lse_keys), tile_part)
+        if plan.paged is not None:
+            _paged(fwd, qs[b, rows], ks[b], vs[b], plan.paged, out=out[b, rows])
+        else:
+            lse_keys = _varlen(fwd, qs[b, rows], ks[b], vs[b], plan.keys, out=out[b, rows])[1]
+            lse_keys = lse_keys[:, s:] if plan.fused else lse_keys  # the local rows' part
+            tile_part = _varlen(fwd, qs[b, s:], ks[b, s:], vs[b, s:], plan.tiles)
+            merge_partials(out[b, s:], (out[b, s:], lse_keys), tile_part)
     if side is not None and not plan.fused:
         main.wait_stream(side)
     return out.transpose(1, 2)
 
 
+def _modes_named(p) -> list[str]:
+    """The modes given explicitly (not "auto"), in parameter order."""
+    return [p[key] for key in ("shared_rows", "shared_keys") if p[key] != "auto"]
+
+
 @register_family("hilberta_fa4split", category="hilberta",
                  params={**_params(("hilbert", "closed")),
-                         "shared_rows": Param("stream", "stream (their own dense call on a second CUDA stream) | "
-                                                        "fused (the first sequence of the shared-keys call)",
-                                              one_of(*SHARED_ROWS))},
-                 method_name=lambda p: _namer("hilberta_fa4split")(p) + ("_fused" if p["shared_rows"] == "fused"
-                                                                         else ""),
-                 label=lambda p: _labeler("HilbertA as dense FA4 pieces")(p) + (" (fused)" if p["shared_rows"] == "fused"
-                                                                                else ""),
+                         "shared_rows": Param("auto", "auto | stream (their own dense call on a second CUDA stream) | "
+                                                      "fused (the first sequence of the shared-keys call)",
+                                              one_of(*SHARED_ROWS)),
+                         "shared_keys": Param("auto", "auto | merge (a call of their own, merged by log-sum-exp) | "
+                                                      "paged (ahead of each tile's keys in one call, FA4's paged KV)",
+                                              one_of(*SHARED_KEYS))},
+                 method_name=lambda p: _namer("hilberta_fa4split")(p) + "".join(f"_{m}" for m in _modes_named(p)),
+                 label=lambda p: _labeler("HilbertA as dense FA4 pieces")(p)
+                 + "".join(f" ({MODE_LABELS[m]})" for m in _modes_named(p)),
                  probe=fa4_probe)
 def build_hilberta_fa4split(problem: Problem, device: torch.device, *, tiles: int, centre: float, curve: str,
-                            cycle: int, shared_rows: str) -> PreparedAttention:
-    """HilbertA's mask (this layer's phase) as dense FA4 calls over variable-length runs and a merge."""
+                            cycle: int, shared_rows: str, shared_keys: str) -> PreparedAttention:
+    """HilbertA's mask (this layer's phase) as dense FA4 calls over variable-length runs (and a merge)."""
     _fa4_for(problem, device)
     from flash_attn.cute.interface import _flash_attn_fwd
 
     layout, layout_ms = layout_for(problem, tiles, centre, curve, cycle)
     layer = problem.layer
-    plan = split_plan(layout, layer, device, fused=shared_rows == "fused")
-    side = torch.cuda.Stream(device) if shared_rows == "stream" else None
+    rows, keys = modes(layout, layer, shared_rows, shared_keys)
+    plan = (paged_plan if keys == "paged" else split_plan)(layout, layer, device, fused=rows == "fused")
+    side = torch.cuda.Stream(device) if rows == "stream" else None
     allowed = layout.allowed_pairs(layer)
     return PreparedAttention(
-        method="hilberta_fa4split", problem=problem, backend="fa4-cute-varlen+triton-merge",
+        method="hilberta_fa4split", problem=problem,
+        backend="fa4-cute-paged-kv" if keys == "paged" else "fa4-cute-varlen+triton-merge",
         run=lambda q, k, v: split_attention(_flash_attn_fwd, plan, q, k, v, side),
-        image_order=layout.permutation(), mask_rows=lambda rows: layout.mask_rows(rows, layer),
+        image_order=layout.permutation(), mask_rows=lambda rows_: layout.mask_rows(rows_, layer),
         allowed_pairs=allowed, computed_pairs=allowed,  # no masked block; FA4 pads each run's last blocks
         setup_ms={"layout": layout_ms},
-        extra={**_layout_facts(layout, layer), "shared_rows": shared_rows,
+        extra={**_layout_facts(layout, layer), "shared_rows": rows, "shared_keys": keys,
+               **({"page_tokens": plan.paged.page} if keys == "paged" else {}),
                "computed_pairs_basis": "token pairs (the padding of each run's last FA4 blocks is not counted)"})

@@ -15,6 +15,7 @@ Flex materializes the L x L scores and is no fair peer), on CPU they run eagerly
 from __future__ import annotations
 
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -37,13 +38,14 @@ EAGER_BLOCK_MASK_PAIRS = 2**29
 # loaded from Inductor's disk cache after a machine's first run, the pool only costs: measured on an H200
 # host (2026-11-28), a process that compiled Flex spent 11-12 s in its exit shutting the pool down (1.5 s
 # with one compile thread), and a spread run starts one pool per card. One thread unless the user chose;
-# set in the environment too, so env.json records it and the ncu target processes inherit it.
+# set in the environment too, so env.json records it and the ncu target processes inherit it. Inductor
+# reads it when its config is first imported: that import (torch._dynamo with it, 1.3 s of every process's
+# start-up on a CPU host) is left to the first Flex compile unless something imported it already.
 COMPILE_THREADS_ENV = "TORCHINDUCTOR_COMPILE_THREADS"
 if COMPILE_THREADS_ENV not in os.environ:
     os.environ[COMPILE_THREADS_ENV] = "1"
-    import torch._inductor.config as inductor_config
-
-    inductor_config.compile_threads = 1  # Inductor may have read its environment already
+    if "torch._inductor.config" in sys.modules:  # Inductor has read its environment already
+        sys.modules["torch._inductor.config"].compile_threads = 1
 # Each (problem, mask) pair compiles its own Flex graph; the dynamo default (8) would silently fall back
 # to eager Flex partway through a suite. Raise it, and make hitting it an error rather than a slow run.
 RECOMPILE_LIMIT = 256

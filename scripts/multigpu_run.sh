@@ -3,13 +3,15 @@
 #
 #   scripts/multigpu_run.sh bench   # bench-ci on GPU 0, then spread over N GPUs: wall time and per-case medians
 #   scripts/multigpu_run.sh flux    # Flux step latency, all-to-all and scaling efficiency, 2048 and 4096, at
-#                                   # 1..N GPUs (Ulysses): FA4 and cuDNN dense, and HilbertA
+#                                   # 1..N GPUs (Ulysses): FA4 and cuDNN dense, and HilbertA (our Triton
+#                                   # kernel and HilbertA as dense FA4 pieces)
 #   scripts/multigpu_run.sh         # both (each part stays under 10 minutes on H100s)
 #
 # Environment: GPUS (default: all GPUs nvidia-smi lists), OUT (default results/multigpu-<UTC time>),
 # PYTHON (default python3), DENSE (default fa4_dense,sdpa_cudnn: FA4 is the fastest dense kernel on Hopper;
 # where it cannot run its rows say "unavailable" with the reason and cuDNN SDPA is the dense reference; with
-# DENSE=fa4_dense alone, sdpa_cudnn runs in its place and its rows say so), STEP_REPEATS (default 3).
+# DENSE=fa4_dense alone, sdpa_cudnn runs in its place and its rows say so), HILBERTA (default
+# hilberta,hilberta_fa4split), STEP_REPEATS (default 3).
 # NVLink multicast stays off.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +20,7 @@ PY=${PYTHON:-python3}
 GPUS=${GPUS:-$(nvidia-smi -L | wc -l)}
 OUT=${OUT:-results/multigpu-$(date -u +%Y%m%d-%H%M%S)}
 DENSE=${DENSE:-fa4_dense,sdpa_cudnn}
+HILBERTA=${HILBERTA:-hilberta,hilberta_fa4split}
 PART=${1:-all}
 mkdir -p "$OUT"
 nvidia-smi -L | tee "$OUT/cards.txt"
@@ -60,7 +63,7 @@ PYEOF
 }
 
 flux() {
-  "$PY" -m harness e2e --gpus "$GPUS" --resolutions 2048x2048,4096x4096 --methods "$DENSE,hilberta" \
+  "$PY" -m harness e2e --gpus "$GPUS" --resolutions 2048x2048,4096x4096 --methods "$DENSE,$HILBERTA" \
     --skip-denoise --step-repeats "${STEP_REPEATS:-3}" --no-report --out "$OUT/e2e-sp-${GPUS}gpu" \
     | tee "$OUT/e2e-sp-${GPUS}gpu.txt"
 }

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from baselines.fa4 import fa4_probe
-from baselines.fa4_split import split_attention, split_plan
+from baselines.fa4_split import SHORT_SEQ, TMA_PAGE, modes, page_size, paged_plan, split_attention, split_plan
 from baselines.problem import Problem
 from baselines.registry import MethodUnavailable, resolve
 from harness.measure.correctness import CorrectnessPolicy, check_correctness
@@ -29,20 +29,34 @@ def _attend(q, k, v):
     return out, lse
 
 
+def _paged_keys(k, table, used):
+    """FA4's paged KV: k [pages, P, H, D]; a sequence's keys are its table row's pages in order, ``used`` of them."""
+    page = k.shape[1]
+    assert len(table) * page >= used and used > 0
+    return torch.cat([k[p] for p in table[: -(-used // page)]])[:used]
+
+
 def fake_fwd(q, k, v, *, out=None, return_lse=False, cu_seqlens_q=None, cu_seqlens_k=None, seqused_k=None,
-             max_seqlen_q=None, max_seqlen_k=None):
+             page_table=None, max_seqlen_q=None, max_seqlen_k=None):
     """FA4's ``_flash_attn_fwd`` calling convention, computed exactly: sequence i of a variable-length call is
-    queries [cu_q[i], cu_q[i+1]) against keys from cu_k[i], seqused_k[i] of them (as FA4's SeqlenInfoQK reads)."""
+    queries [cu_q[i], cu_q[i+1]) against keys from cu_k[i], seqused_k[i] of them (as FA4's SeqlenInfoQK reads),
+    or, with ``page_table``, the first seqused_k[i] keys of the pages in its row."""
     if cu_seqlens_q is None:
         parts = [_attend(q[b], k[b], v[b]) for b in range(q.shape[0])]
         o = torch.stack([p[0] for p in parts]).to(q.dtype)
         lse = torch.stack([p[1] for p in parts])
     else:
-        bounds_q, starts_k, used_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist(), seqused_k.tolist()
-        assert bounds_q[0] == 0 and bounds_q[-1] == q.shape[0] and len(starts_k) == len(bounds_q)
-        parts = [_attend(q[a:b], k[c : c + n], v[c : c + n]) for a, b, c, n in
-                 zip(bounds_q, bounds_q[1:], starts_k, used_k)]
-        assert all(n > 0 and c + n <= k.shape[0] for c, n in zip(starts_k, used_k))
+        bounds_q, used_k = cu_seqlens_q.tolist(), seqused_k.tolist()
+        assert bounds_q[0] == 0 and bounds_q[-1] == q.shape[0] and len(used_k) == len(bounds_q) - 1
+        if page_table is not None:
+            assert cu_seqlens_k is None and page_table.dtype == torch.int32  # as FA4 asserts
+            assert page_table.shape[0] == len(used_k) and page_table.max() < k.shape[0]
+            keys = [(_paged_keys(k, row, n), _paged_keys(v, row, n)) for row, n in zip(page_table.tolist(), used_k)]
+        else:
+            starts_k = cu_seqlens_k.tolist()
+            assert len(starts_k) == len(bounds_q) and all(n > 0 and c + n <= k.shape[0] for c, n in zip(starts_k, used_k))
+            keys = [(k[c : c + n], v[c : c + n]) for c, n in zip(starts_k, used_k)]
+        parts = [_attend(q[a:b], *kv) for a, b, kv in zip(bounds_q, bounds_q[1:], keys)]
         assert max(b - a for a, b in zip(bounds_q, bounds_q[1:])) == max_seqlen_q and max(used_k) == max_seqlen_k
         o = torch.cat([p[0] for p in parts]).to(q.dtype)
         lse = torch.cat([p[1] for p in parts], dim=1)
@@ -57,15 +71,18 @@ def fake_fwd(q, k, v, *, out=None, return_lse=False, cu_seqlens_q=None, cu_seqle
 LAYOUTS = [(8, 8, 16, 4, 0.25), (8, 8, 0, 3, 0.25), (6, 10, 8, 5, 0.0), (8, 8, 16, 1, 0.25), (4, 4, 3, 7, 0.0)]
 
 
+@pytest.mark.parametrize("plan_of", [split_plan, paged_plan], ids=["merge", "paged"])
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("layer", [0, 1, 2, 3])
 @pytest.mark.parametrize("dims", LAYOUTS, ids=lambda d: "x".join(map(str, d)))
-def test_split_equals_the_reference_under_the_layouts_mask(dims, layer, fused, device):
+def test_split_equals_the_reference_under_the_layouts_mask(dims, layer, fused, plan_of, device):
     height, width, text, tiles, centre = dims
     layout = HilbertLayout(height, width, text, tiles, centre_fraction=centre)
+    if plan_of is paged_plan and layout.shared_tokens == 0:
+        pytest.skip("no shared tokens: refused (test_no_shared_tokens_is_refused)")
     gen = torch.Generator().manual_seed(layer)
     q, k, v = (torch.randn(2, 3, layout.seq_len, 16, generator=gen).to(device) for _ in range(3))
-    out = split_attention(fake_fwd, split_plan(layout, layer, torch.device(device), fused), q, k, v)
+    out = split_attention(fake_fwd, plan_of(layout, layer, torch.device(device), fused), q, k, v)
     ref = reference_attention(q, k, v, mask=lambda rows: layout.mask_rows(rows, layer))
     assert out.shape == q.shape
     assert relative_error(out, ref) < 1e-5
@@ -89,9 +106,24 @@ def test_the_wrapping_tile_reads_its_head_run_after_the_shared_keys(layer, wraps
     assert plan.tiles.cu_q[-1] == layout.local_tokens  # every local row in exactly one run
 
 
-def test_no_shared_tokens_is_refused():
+@pytest.mark.parametrize("plan_of", [split_plan, paged_plan])
+def test_no_shared_tokens_is_refused(plan_of):
     with pytest.raises(MethodUnavailable, match="needs shared tokens"):
-        split_plan(HilbertLayout(8, 8, 0, 4, centre_fraction=0.0), 1, torch.device("cpu"))
+        plan_of(HilbertLayout(8, 8, 0, 4, centre_fraction=0.0), 1, torch.device("cpu"))
+
+
+# Flux's latent grids (pixels / 16) with 512 text tokens: the page of each phase (S = 512 + the centre)
+@pytest.mark.parametrize("grid, tiles, pages", [((128, 128), 16, [192, 48, 96, 48]), ((128, 128), 4, [128, 192, 128, 192]),
+                                                ((256, 256), 4, [TMA_PAGE] * 4), ((96, 64), 16, [8, 2, 4, 2])])
+def test_pages_divide_every_run_and_take_fa4s_block_where_they_can(grid, tiles, pages):
+    layout = HilbertLayout(*grid, 512, tiles, centre_fraction=0.25)
+    assert [page_size(layout, layer) for layer in range(4)] == pages
+    for layer in range(4):
+        runs = paged_plan(layout, layer, torch.device("cpu")).paged
+        assert runs.page == pages[layer] and layout.seq_len % runs.page == 0
+        used = runs.used_k.tolist()  # S shared keys + one tile's, every run (the wrapping tile's two runs too)
+        assert used == [layout.shared_tokens + layout.tile_len] * len(used)
+        assert runs.table.shape == (len(used), max(used) // runs.page)
 
 
 def test_merge_weights_by_log_sum_exp(device):
@@ -107,21 +139,43 @@ def test_merge_weights_by_log_sum_exp(device):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("shared_keys", ["merge", "paged"])
 @pytest.mark.parametrize("shared_rows", ["stream", "fused"])
 @pytest.mark.parametrize("pixels, tiles, layer", [((1024, 1024), 16, 0), ((1024, 1024), 16, 1), ((1536, 1024), 4, 3),
-                                                   ((1024, 1024), 1, 2), ((1024, 1024), 7, 1)])
-def test_fa4_pieces_are_exact_on_the_gpu(pixels, tiles, layer, shared_rows):
+                                                   ((1024, 1024), 1, 2), ((1024, 1024), 7, 1), ((2048, 2048), 16, 1)])
+def test_fa4_pieces_are_exact_on_the_gpu(pixels, tiles, layer, shared_rows, shared_keys):
     """The real FA4 pieces in bf16 (every row checked against the exact reference under the layout's mask)."""
     if not fa4_probe(torch.device("cuda")):
         pytest.skip(fa4_probe(torch.device("cuda")).reason)
-    method = resolve({"method": "hilberta_fa4split", "tiles": tiles, "shared_rows": shared_rows})
+    method = resolve({"method": "hilberta_fa4split", "tiles": tiles, "shared_rows": shared_rows,
+                      "shared_keys": shared_keys})
     prepared = method.prepare(Problem.from_pixels(*pixels, layer=layer), "cuda")
     result = check_correctness(prepared, CorrectnessPolicy(all_rows_max_len=8192), "cuda", seed=layer)
     assert result["passed"], result
 
 
-def test_the_two_modes_are_told_apart_in_names_and_labels():
-    stream, fused = (resolve({"method": "hilberta_fa4split", "tiles": 16, "shared_rows": mode})
-                     for mode in ("stream", "fused"))
-    assert (stream.name, fused.name) == ("hilberta_fa4split_t16", "hilberta_fa4split_t16_fused")
-    assert stream.label != fused.label and fused.label.endswith("(fused)")
+@pytest.mark.parametrize("rows, keys, name, label_end", [
+    ("auto", "auto", "hilberta_fa4split_t16", "T=16"),
+    ("stream", "merge", "hilberta_fa4split_t16_stream_merge", "(stream) (merge)"),
+    ("fused", "auto", "hilberta_fa4split_t16_fused", "T=16 (fused)"),
+    ("auto", "paged", "hilberta_fa4split_t16_paged", "T=16 (paged KV)"),
+    ("fused", "paged", "hilberta_fa4split_t16_fused_paged", "(fused) (paged KV)")])
+def test_the_modes_are_told_apart_in_names_and_labels(rows, keys, name, label_end):
+    method = resolve({"method": "hilberta_fa4split", "tiles": 16, "shared_rows": rows, "shared_keys": keys})
+    assert method.name == name and method.label.endswith(label_end)
+
+
+# auto: paged keys (and fused shared rows) where FA4 loads the pages by TMA or the sequence is short, else the
+# merge with the shared rows on their own stream; Flux's latent grids with 512 text tokens
+@pytest.mark.parametrize("grid, tiles, picked", [
+    ((128, 128), 16, ["merge"] * 4),  # 2048x2048: pages of 192, 48, 96, 48 tokens
+    ((128, 128), 4, ["paged", "merge", "paged", "merge"]),  # pages of 128 at phases 0 and 2
+    ((256, 256), 4, ["paged"] * 4),
+    ((64, 64), 16, ["paged"] * 4)])  # 1024x1024: 4608 tokens
+def test_auto_pages_the_keys_where_that_measured_faster(grid, tiles, picked):
+    layout = HilbertLayout(*grid, 512, tiles, centre_fraction=0.25)
+    got = [modes(layout, layer, "auto", "auto") for layer in range(4)]
+    assert [keys for _, keys in got] == picked
+    assert all(rows == ("fused" if keys == "paged" else "stream") for rows, keys in got)
+    assert (layout.seq_len <= SHORT_SEQ) == (grid == (64, 64))
+    assert modes(layout, 0, "stream", "paged") == ("stream", "paged")  # explicit modes are kept

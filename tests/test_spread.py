@@ -240,6 +240,18 @@ def test_the_workers_start_before_the_parent_imports_torch(suite_path, tmp_path)
     assert done.stdout.strip() == "torch imported: False", done.stderr
 
 
+def test_the_warm_up_times_each_methods_probe_and_the_log_line_names_the_slow_ones(suite_path, tmp_path):
+    """Where a worker's start-up goes is in its log: the imports, the CUDA context and each method's probe."""
+    selection = spread.Selection(suite=str(suite_path))
+    steps = spread.warm_up(selection.load(), "cpu")
+    assert list(steps) == ["sdpa_math"] and steps["sdpa_math"] >= 0  # no CUDA context on the CPU
+    line = spread.warm_up_line(4.21, {"CUDA context": 0.93, "fa4_dense": 6.01, "sdpa_math": 0.01}, 11.2)
+    assert line == ("warmed up 11.2 s after start (interpreter, imports and the suite 4.2 s; CUDA context 0.9 s, "
+                    "fa4_dense 6.0 s); waiting for the payload")
+    out = spread.run_spread(selection, 2, tmp_path / "run", device="cpu", echo=lambda line: None)
+    assert "warmed up" in (out / "gpu0.log").read_text() and "imports and the suite" in (out / "gpu0.log").read_text()
+
+
 def test_a_card_without_units_is_released_and_the_run_is_complete(tmp_path, suite_path):
     selection = spread.Selection(suite=str(suite_path), resolutions=["64x64", "128x64"])
     out = spread.run_spread(selection, 3, tmp_path / "run", device="cpu", echo=lambda line: None)

@@ -28,6 +28,8 @@ PACKAGES = {
     "triton": "triton",
     "diffusers": "diffusers",
     "flash_attn": "flash-attn",
+    "flash_attn_4": "flash-attn-4",  # FlashAttention-4 (flash_attn.cute): its own distribution
+    "cutlass_dsl": "nvidia-cutlass-dsl",  # the CuTe DSL that compiles FA4's kernels
     "natten": "natten",
     "numpy": "numpy",
     "pandas": "pandas",

@@ -21,7 +21,7 @@ import importlib
 _MODULE_OF = {"pool": ["NO_MULTICAST_ENV", "Pool", "Selection", "Worker", "card_env", "start_workers", "worker_command"],
               "merge": ["group_keys", "merge_workers"],
               "plan": ["E2E_GROUP", "Plan", "assign", "spread_plan", "unit_cost_s", "units_of"],
-              "run": ["main", "run_spread", "run_worker", "warm_up", "worker_payload", "worker_suite"]}
+              "run": ["main", "run_spread", "run_worker", "warm_up", "warm_up_line", "worker_payload", "worker_suite"]}
 _LAZY = {name: f"{__name__}.{module}" for module, names in _MODULE_OF.items() for name in names}
 __all__ = sorted(_LAZY)
 

@@ -41,18 +41,35 @@ def worker_suite(payload: dict, suite: Suite) -> Suite:
     return mine if payload["e2e"] else replace(mine, metrics=mine.metrics - {"e2e"})
 
 
-def warm_up(suite: Suite, device: str) -> None:
+def warm_up(suite: Suite, device: str) -> dict[str, float]:
     """Ask every method of ``suite`` whether it runs on ``device``, before the worker has its payload: the
     answers are cached per device, so what they cost (CUDA's context, FA4's import and probe) is paid while
-    the parent plans. A probe that raises is asked again by the case's lifecycle, which records it."""
+    the parent plans. A probe that raises is asked again by the case's lifecycle, which records it.
+    Returns the seconds of each step: "CUDA context" and one per method (probes shared by a family count
+    once, in the first method that asks)."""
     import torch
 
     target = torch.device(device)
+    seconds = {}
+    start = time.perf_counter()
+    if target.type == "cuda":
+        torch.zeros(1, device=target)  # the context, on its own line of the breakdown
+        seconds["CUDA context"] = time.perf_counter() - start
     for method in {case.method.name: case.method for case in suite.cases()}.values():
+        start = time.perf_counter()
         try:
             method.availability(target)
         except Exception:  # the lifecycle asks again and records the failure with the case
-            continue
+            pass
+        seconds[method.name] = time.perf_counter() - start
+    return seconds
+
+
+def warm_up_line(loaded_s: float, steps: dict[str, float], total_s: float) -> str:
+    """The worker log's line on where its warm-up went (steps under 0.05 s are left out)."""
+    parts = [f"{name} {sec:.1f} s" for name, sec in steps.items() if sec >= 0.05]
+    return (f"warmed up {total_s:.1f} s after start (interpreter, imports and the suite {loaded_s:.1f} s"
+            + (f"; {', '.join(parts)}" if parts else "") + "); waiting for the payload")
 
 
 def run_worker(payload: dict, suite: Suite) -> Path:
@@ -139,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
               "--gpus N`; the payload's path comes on stdin)", file=sys.stderr)
         return 2
     suite = Selection(**json.loads(argv[0])).load()
-    warm_up(suite, argv[1])
+    loaded = time.time()
+    steps = warm_up(suite, argv[1])
     warm = time.time()
-    print(f"warmed up {warm - PROCESS_START_S:.1f} s after start; waiting for the payload", flush=True)
+    print(warm_up_line(loaded - PROCESS_START_S, steps, warm - PROCESS_START_S), flush=True)
     line = sys.stdin.readline().strip()
     print(f"payload after {time.time() - warm:.1f} s of waiting", flush=True)
     if not line:
