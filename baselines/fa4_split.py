@@ -157,6 +157,12 @@ def modes(layout, layer: int, shared_rows: str, shared_keys: str) -> tuple[str, 
     return shared_rows, shared_keys
 
 
+def backend_of(shared_rows: str, shared_keys: str) -> str:
+    """What a case's row says ran (the report's backend column): the calls, and where the shared rows went."""
+    calls = "fa4-cute-paged-kv" if shared_keys == "paged" else "fa4-cute-varlen+triton-merge"
+    return f"{calls}, shared rows {'fused' if shared_rows == 'fused' else 'on a second stream'}"
+
+
 def paged_plan(layout, layer: int, device: torch.device, fused: bool = False) -> SplitPlan:
     """Each local run against the shared keys' pages followed by its tile's (the wrapping tile: R1's, then
     R0's); fused: the shared rows first, against every page."""
@@ -252,7 +258,7 @@ def build_hilberta_fa4split(problem: Problem, device: torch.device, *, tiles: in
     allowed = layout.allowed_pairs(layer)
     return PreparedAttention(
         method="hilberta_fa4split", problem=problem,
-        backend="fa4-cute-paged-kv" if keys == "paged" else "fa4-cute-varlen+triton-merge",
+        backend=backend_of(rows, keys),
         run=lambda q, k, v: split_attention(_flash_attn_fwd, plan, q, k, v, side),
         image_order=layout.permutation(), mask_rows=lambda rows_: layout.mask_rows(rows_, layer),
         allowed_pairs=allowed, computed_pairs=allowed,  # no masked block; FA4 pads each run's last blocks

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from baselines.fa4 import fa4_probe
-from baselines.fa4_split import SHORT_SEQ, TMA_PAGE, modes, page_size, paged_plan, split_attention, split_plan
+from baselines.fa4_split import (SHORT_SEQ, TMA_PAGE, backend_of, modes, page_size, paged_plan, split_attention,
+                                 split_plan)
 from baselines.problem import Problem
 from baselines.registry import MethodUnavailable, resolve
 from harness.measure.correctness import CorrectnessPolicy, check_correctness
@@ -179,3 +180,6 @@ def test_auto_pages_the_keys_where_that_measured_faster(grid, tiles, picked):
     assert all(rows == ("fused" if keys == "paged" else "stream") for rows, keys in got)
     assert (layout.seq_len <= SHORT_SEQ) == (grid == (64, 64))
     assert modes(layout, 0, "stream", "paged") == ("stream", "paged")  # explicit modes are kept
+    # the report's backend column says which calls each phase ran
+    backends = {backend_of(rows, keys) for rows, keys in got}
+    assert len(backends) == len(set(picked)) and all(("paged" in b) == ("merge" not in b) for b in backends)
