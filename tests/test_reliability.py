@@ -354,6 +354,15 @@ def test_row12_an_absurd_resolution_is_refused_before_anything_is_allocated(tmp_
     assert not out.exists()
 
 
+def test_the_input_check_reads_a_gpus_memory_without_a_cuda_context(monkeypatch):
+    """The parent of a --gpus run checks sizes while its workers start: no context of its own on card 0."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=80 * memory.GIB))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: pytest.fail("mem_get_info creates a CUDA context"))
+    assert memory.total_bytes(torch.device("cuda:0")) == 80 * memory.GIB
+
+
 def test_a_case_that_cannot_fit_now_is_a_skipped_row_with_its_estimate(tiny_suite, tmp_path, monkeypatch):
     suite, device = load_suite(tiny_suite), torch.device("cpu")
     need = {case.method.name: memory.case_estimate(case.problem, case.method, suite.correctness, device).total

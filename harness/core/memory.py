@@ -151,9 +151,12 @@ def free_bytes(device: torch.device) -> int | None:
 
 
 def total_bytes(device: torch.device) -> int | None:
-    """All the memory of ``device`` (a CPU: the machine's, capped by the cgroup limit); None if unknown."""
+    """All the memory of ``device`` (a CPU: the machine's, capped by the cgroup limit); None if unknown.
+    A GPU's comes from its properties, which need no CUDA context: the parent of a ``--gpus`` run checks its
+    input with this while its workers start, and a context there would sit on card 0 (and its creation
+    would contend with theirs)."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[1]
+        return torch.cuda.get_device_properties(device).total_memory
     return _cpu_bytes("MemTotal", minus_usage=False) if device.type == "cpu" else None
 
 
