@@ -17,11 +17,12 @@ the first sequence of call 2 (two FA4 calls in all; one with paged keys). Exact 
 offsets need not be multiples of FA4's blocks.
 
 ``shared_keys``: "merge" (the above) or "paged": one call gives each local run its whole key set, the shared
-keys' pages then its tile's, through FA4's paged KV. The keys are viewed (no copy) as pages of P tokens, P the
-largest size that divides S, the local length and every run bound (48 to 192 at 2048x2048 T=16); each run's
-page table row lists its pages, so calls 2 and 3 become one, with no partials and no merge. FA4 loads pages of
-its own key-block size (128) by TMA and other sizes by cp.async from its producer warps, which is slower on
-long sequences than the merge it saves.
+keys' pages then its tile's, through FA4's paged KV. The keys are viewed (no copy) as pages of P tokens, P a
+size that divides S, the local length and every run bound (48 to 192 at 2048x2048 T=16); each run's page
+table row lists its pages, so calls 2 and 3 become one, with no partials and no merge. FA4 loads pages by TMA
+when they are exactly its key block: at head dim 128 the call asks for a key block of P where P is one of
+``TMA_PAGES`` (`key_tile`); other sizes load by cp.async from its producer warps, which is slower on long
+sequences than the merge it saves.
 
 "auto" (the default of both) picks per layer what measured fastest on H200s (docs/kernel-notes.md, every phase
 at 1024 to 4096): paged keys where the pages load by TMA or the sequence is short (at most ``SHORT_SEQ``
@@ -46,7 +47,13 @@ from baselines.registry import MethodUnavailable, Param, one_of, register_family
 SHARED_ROWS = ("auto", "stream", "fused")
 SHARED_KEYS = ("auto", "merge", "paged")
 MODE_LABELS = {"stream": "stream", "fused": "fused", "merge": "merge", "paged": "paged KV"}
-TMA_PAGE = 128  # FA4's key block on Hopper at head dim 128: pages of this size load by TMA
+TMA_PAGE = 128  # FA4's own key block on Hopper at head dim 128
+# Pages that FA4 loads by TMA, in order of preference: its own key block, and key blocks of 192 and 96 asked for
+# through ``tile_mn`` (H200s, head dim 128, against the merge: 0.91-0.96x the time at 2048x2048 T=16 phases 0
+# and 2, T=4 phase 1 and 4096x4096 T=16 phase 1; a block of 48 was 1.29x slower than the merge, so smaller
+# pages stay with cp.async and FA4's block of 128)
+TMA_PAGES = (TMA_PAGE, 192, 96)
+TMA_HEAD_DIM = 128  # the head dim at which those blocks were measured (Flux's)
 SHORT_SEQ = 8192  # "auto" pages the keys of sequences this short (Flux at 1024x1024 and 1536x1024) at any page
 
 
@@ -84,16 +91,18 @@ class PagedRuns:
     page: int  # tokens per page
     max_q: int
     max_k: int
+    key_tile: int | None = None  # the key block asked of FA4 (= page: TMA loads); None: FA4's own
 
     @classmethod
-    def of(cls, runs: list[tuple[int, int, list[int]]], page: int, device: torch.device) -> PagedRuns:
+    def of(cls, runs: list[tuple[int, int, list[int]]], page: int, device: torch.device,
+           key_tile: int | None = None) -> PagedRuns:
         """``runs``: (query start, query end, the pages of its keys), query runs in order and back to back."""
         runs = [r for r in runs if r[1] > r[0]]
         width = max(len(r[2]) for r in runs)
         table = [r[2] + [0] * (width - len(r[2])) for r in runs]
         return cls(cu_q=_int32([r[0] for r in runs] + [runs[-1][1]], device),
                    used_k=_int32([page * len(r[2]) for r in runs], device), table=_int32(table, device),
-                   page=page, max_q=max(r[1] - r[0] for r in runs), max_k=page * width)
+                   page=page, max_q=max(r[1] - r[0] for r in runs), max_k=page * width, key_tile=key_tile)
 
 
 @dataclass(frozen=True)
@@ -140,32 +149,44 @@ def split_plan(layout, layer: int, device: torch.device, fused: bool = False) ->
 
 
 def page_size(layout, layer: int) -> int:
-    """The largest page that divides S, the local length and every run bound of this phase; ``TMA_PAGE`` when
-    that divides it (FA4 then loads pages by TMA)."""
+    """The page of this phase: the first of ``TMA_PAGES`` that divides S, the local length and every run bound,
+    else the largest size that does."""
     head, tail, tiles = _tiles_now(layout, layer)
     page = math.gcd(layout.shared_tokens, layout.local_tokens, head, tail, *(a for a, _ in tiles))
-    return TMA_PAGE if page % TMA_PAGE == 0 else page
+    return next((tma for tma in TMA_PAGES if page % tma == 0), page)
 
 
-def modes(layout, layer: int, shared_rows: str, shared_keys: str) -> tuple[str, str]:
+def key_tile(page: int, head_dim: int) -> int | None:
+    """The key block to ask of FA4 so that it loads pages of ``page`` tokens by TMA; None where no measured
+    block fits (FA4 keeps its own and loads the pages by cp.async)."""
+    return page if page in TMA_PAGES and head_dim == TMA_HEAD_DIM else None
+
+
+def modes(layout, layer: int, shared_rows: str, shared_keys: str, head_dim: int = TMA_HEAD_DIM) -> tuple[str, str]:
     """(shared_rows, shared_keys) this layer runs with, "auto" resolved as the module's docstring says."""
     if shared_keys == "auto":
-        tma = page_size(layout, layer) == TMA_PAGE
+        tma = key_tile(page_size(layout, layer), head_dim) is not None
         shared_keys = "paged" if tma or layout.seq_len <= SHORT_SEQ else "merge"
     if shared_rows == "auto":
         shared_rows = "fused" if shared_keys == "paged" else "stream"
     return shared_rows, shared_keys
 
 
-def backend_of(shared_rows: str, shared_keys: str) -> str:
-    """What a case's row says ran (the report's backend column): the calls, and where the shared rows went."""
-    calls = "fa4-cute-paged-kv" if shared_keys == "paged" else "fa4-cute-varlen+triton-merge"
+def backend_of(shared_rows: str, shared_keys: str, key_block: int | None = None) -> str:
+    """What a case's row says ran (the report's backend column): the calls, how paged keys load (``key_block``:
+    the key block asked of FA4, TMA loads), and where the shared rows went."""
+    if shared_keys == "paged":
+        calls = f"fa4-cute-paged-kv ({f'TMA pages of {key_block}' if key_block else 'cp.async pages'})"
+    else:
+        calls = "fa4-cute-varlen+triton-merge"
     return f"{calls}, shared rows {'fused' if shared_rows == 'fused' else 'on a second stream'}"
 
 
-def paged_plan(layout, layer: int, device: torch.device, fused: bool = False) -> SplitPlan:
+def paged_plan(layout, layer: int, device: torch.device, fused: bool = False,
+               head_dim: int | None = None) -> SplitPlan:
     """Each local run against the shared keys' pages followed by its tile's (the wrapping tile: R1's, then
-    R0's); fused: the shared rows first, against every page."""
+    R0's); fused: the shared rows first, against every page. ``head_dim``: ask FA4 for a key block of the page
+    where `key_tile` says that loads by TMA (None: leave FA4's own)."""
     _needs_shared(layout)
     s, n, length = layout.shared_tokens, layout.local_tokens, layout.seq_len
     head, tail, tiles = _tiles_now(layout, layer)
@@ -178,7 +199,8 @@ def paged_plan(layout, layer: int, device: torch.device, fused: bool = False) ->
         runs = [(0, head, wrap), *runs, (tail, n, wrap)]
     if fused:
         runs = [(0, s, pages(0, length))] + [(a + s, b + s, keys) for a, b, keys in runs]
-    return SplitPlan(shared=s, fused=fused, paged=PagedRuns.of(runs, page, device))
+    tile = key_tile(page, head_dim) if head_dim is not None else None
+    return SplitPlan(shared=s, fused=fused, paged=PagedRuns.of(runs, page, device, tile))
 
 
 def _varlen(fwd, q, k, v, seqs: Sequences, out: torch.Tensor | None = None):
@@ -190,8 +212,9 @@ def _varlen(fwd, q, k, v, seqs: Sequences, out: torch.Tensor | None = None):
 def _paged(fwd, q, k, v, runs: PagedRuns, out: torch.Tensor):
     """One call over page-table runs into ``out``; k and v [keys, H, D] viewed as [pages, P, H, D]."""
     as_pages = lambda t: t.view(-1, runs.page, *t.shape[1:])  # noqa: E731
+    block = {} if runs.key_tile is None else {"tile_mn": (TMA_PAGE, runs.key_tile)}  # 128 query rows: FA4's own
     fwd(q, as_pages(k), as_pages(v), cu_seqlens_q=runs.cu_q, seqused_k=runs.used_k, page_table=runs.table,
-        max_seqlen_q=runs.max_q, max_seqlen_k=runs.max_k, out=out)
+        max_seqlen_q=runs.max_q, max_seqlen_k=runs.max_k, out=out, **block)
 
 
 def _on(stream: torch.cuda.Stream | None):
@@ -252,17 +275,20 @@ def build_hilberta_fa4split(problem: Problem, device: torch.device, *, tiles: in
 
     layout, layout_ms = layout_for(problem, tiles, centre, curve, cycle)
     layer = problem.layer
-    rows, keys = modes(layout, layer, shared_rows, shared_keys)
-    plan = (paged_plan if keys == "paged" else split_plan)(layout, layer, device, fused=rows == "fused")
+    rows, keys = modes(layout, layer, shared_rows, shared_keys, problem.head_dim)
+    fused = rows == "fused"
+    plan = (paged_plan(layout, layer, device, fused, problem.head_dim) if keys == "paged"
+            else split_plan(layout, layer, device, fused))
+    block = plan.paged.key_tile if plan.paged is not None else None
     side = torch.cuda.Stream(device) if rows == "stream" else None
     allowed = layout.allowed_pairs(layer)
     return PreparedAttention(
         method="hilberta_fa4split", problem=problem,
-        backend=backend_of(rows, keys),
+        backend=backend_of(rows, keys, block),
         run=lambda q, k, v: split_attention(_flash_attn_fwd, plan, q, k, v, side),
         image_order=layout.permutation(), mask_rows=lambda rows_: layout.mask_rows(rows_, layer),
         allowed_pairs=allowed, computed_pairs=allowed,  # no masked block; FA4 pads each run's last blocks
         setup_ms={"layout": layout_ms},
         extra={**_layout_facts(layout, layer), "shared_rows": rows, "shared_keys": keys,
-               **({"page_tokens": plan.paged.page} if keys == "paged" else {}),
+               **({"page_tokens": plan.paged.page, "key_block": block} if keys == "paged" else {}),
                "computed_pairs_basis": "token pairs (the padding of each run's last FA4 blocks is not counted)"})

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.config import KernelConfig, config_key, device_arch, lookup
+from kernels.config import DEFAULTS, KernelConfig, config_key, device_arch, lookup
 
 LOG2_E = 1.4426950408889634
 GPU_DTYPES = (torch.float16, torch.bfloat16)
@@ -218,11 +218,13 @@ def sta_config(geometry: StaGeometry, head_dim: int, dtype: torch.dtype,
     tile_tokens = geometry.tile[0] * geometry.tile[1]
     key = config_key(head_dim, dtype, geometry.seq_len, tile_tokens)
     config, source = lookup("sta", device_arch(device), key)
-    if source == "default" and tile_tokens > 64:
-        # the safe default's two stages need ~288 KB of shared memory at 128-token tiles (seen on an H100,
-        # which has 227 KB): one stage fits
-        config = replace(config, num_stages=1)
-    return config, source
+    return (default_config(tile_tokens), source) if source == "default" else (config, source)
+
+
+def default_config(tile_tokens: int) -> KernelConfig:
+    """What runs without a tuned entry: the safe default, with one stage at tiles over 64 tokens (its two
+    stages need ~288 KB of shared memory at 128-token tiles; an H100 and an H200 have 227 KB)."""
+    return replace(DEFAULTS["sta"], num_stages=1) if tile_tokens > 64 else DEFAULTS["sta"]
 
 
 def sta_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height: int, width: int,

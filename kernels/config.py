@@ -8,6 +8,7 @@ safe default and say so once. Nothing autotunes silently in the middle of a benc
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -135,14 +136,20 @@ def lookup(kernel: str, arch: str, key: str) -> tuple[KernelConfig, str]:
 
 
 def store(kernel: str, arch: str, key: str, config: KernelConfig, evidence: dict, meta: dict) -> Path:
-    """Write one tuned entry into ``configs/<arch>.json`` (atomically), keeping the other entries."""
+    """Write one tuned entry into ``configs/<arch>.json`` (atomically), keeping the other entries.
+
+    Two tunes storing at once (one per card) each read, change and replace the file under a lock on its
+    folder, so neither loses the other's entry."""
     path = config_path(arch)
-    data = load_arch_file(arch) or {"arch": arch, "kernels": {}}
-    data = json.loads(json.dumps(data))  # detach from the cache
-    data.setdefault("kernels", {}).setdefault(kernel, {})[key] = {
-        "config": config.to_dict(), **evidence, **meta}
     path.parent.mkdir(parents=True, exist_ok=True)  # an empty folder does not travel with a git checkout
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.exists() else {"arch": arch, "kernels": {}}
+        data.setdefault("kernels", {}).setdefault(kernel, {})[key] = {"config": config.to_dict(), **evidence, **meta}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    finally:
+        os.close(folder)  # releases the lock
     return path

@@ -3,7 +3,7 @@
 Builders take tidy pandas frames (see `reports.rows`) and return ``go.Figure``. Every string that comes
 from results goes through `plot_text` first: plotly.js reads a small HTML subset in labels, and a method
 called ``<b>x</b>`` must show as typed. Figures are embedded with ``include_plotlyjs=False``; the page
-inlines plotly.js once in its head (see `reports.build`).
+inlines plotly.js once in its head, packed (see `reports.build`).
 """
 
 from __future__ import annotations

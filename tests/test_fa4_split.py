@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from baselines.fa4 import fa4_probe
-from baselines.fa4_split import (SHORT_SEQ, TMA_PAGE, backend_of, modes, page_size, paged_plan, split_attention,
-                                 split_plan)
+from baselines.fa4_split import (SHORT_SEQ, TMA_PAGE, backend_of, key_tile, modes, page_size, paged_plan,
+                                 split_attention, split_plan)
 from baselines.problem import Problem
 from baselines.registry import MethodUnavailable, resolve
 from harness.measure.correctness import CorrectnessPolicy, check_correctness
@@ -38,10 +38,13 @@ def _paged_keys(k, table, used):
 
 
 def fake_fwd(q, k, v, *, out=None, return_lse=False, cu_seqlens_q=None, cu_seqlens_k=None, seqused_k=None,
-             page_table=None, max_seqlen_q=None, max_seqlen_k=None):
+             page_table=None, max_seqlen_q=None, max_seqlen_k=None, tile_mn=None):
     """FA4's ``_flash_attn_fwd`` calling convention, computed exactly: sequence i of a variable-length call is
     queries [cu_q[i], cu_q[i+1]) against keys from cu_k[i], seqused_k[i] of them (as FA4's SeqlenInfoQK reads),
-    or, with ``page_table``, the first seqused_k[i] keys of the pages in its row."""
+    or, with ``page_table``, the first seqused_k[i] keys of the pages in its row. A key block asked for
+    (``tile_mn``) must be the page: that is what makes FA4 load the pages by TMA."""
+    if tile_mn is not None:
+        assert page_table is not None and tile_mn == (128, k.shape[1]), (tile_mn, k.shape)
     if cu_seqlens_q is None:
         parts = [_attend(q[b], k[b], v[b]) for b in range(q.shape[0])]
         o = torch.stack([p[0] for p in parts]).to(q.dtype)
@@ -113,14 +116,19 @@ def test_no_shared_tokens_is_refused(plan_of):
         plan_of(HilbertLayout(8, 8, 0, 4, centre_fraction=0.0), 1, torch.device("cpu"))
 
 
-# Flux's latent grids (pixels / 16) with 512 text tokens: the page of each phase (S = 512 + the centre)
-@pytest.mark.parametrize("grid, tiles, pages", [((128, 128), 16, [192, 48, 96, 48]), ((128, 128), 4, [128, 192, 128, 192]),
-                                                ((256, 256), 4, [TMA_PAGE] * 4), ((96, 64), 16, [8, 2, 4, 2])])
-def test_pages_divide_every_run_and_take_fa4s_block_where_they_can(grid, tiles, pages):
+# Flux's latent grids (pixels / 16) with 512 text tokens: the page of each phase (S = 512 + the centre), and
+# whether FA4 is asked for a key block of the page (TMA loads) at head dim 128
+@pytest.mark.parametrize("grid, tiles, pages, tma", [
+    ((128, 128), 16, [192, 48, 96, 48], [True, False, True, False]),
+    ((128, 128), 4, [128, 192, 128, 192], [True] * 4),  # gcds 768, 192, 384, 192: FA4's own block first
+    ((256, 256), 4, [TMA_PAGE] * 4, [True] * 4), ((96, 64), 16, [8, 2, 4, 2], [False] * 4)])
+def test_pages_divide_every_run_and_take_a_tma_block_where_they_can(grid, tiles, pages, tma):
     layout = HilbertLayout(*grid, 512, tiles, centre_fraction=0.25)
     assert [page_size(layout, layer) for layer in range(4)] == pages
     for layer in range(4):
-        runs = paged_plan(layout, layer, torch.device("cpu")).paged
+        runs = paged_plan(layout, layer, torch.device("cpu"), head_dim=128).paged
+        assert runs.key_tile == (pages[layer] if tma[layer] else None)
+        assert paged_plan(layout, layer, torch.device("cpu"), head_dim=64).paged.key_tile is None  # not measured
         assert runs.page == pages[layer] and layout.seq_len % runs.page == 0
         used = runs.used_k.tolist()  # S shared keys + one tile's, every run (the wrapping tile's two runs too)
         assert used == [layout.shared_tokens + layout.tile_len] * len(used)
@@ -143,7 +151,8 @@ def test_merge_weights_by_log_sum_exp(device):
 @pytest.mark.parametrize("shared_keys", ["merge", "paged"])
 @pytest.mark.parametrize("shared_rows", ["stream", "fused"])
 @pytest.mark.parametrize("pixels, tiles, layer", [((1024, 1024), 16, 0), ((1024, 1024), 16, 1), ((1536, 1024), 4, 3),
-                                                   ((1024, 1024), 1, 2), ((1024, 1024), 7, 1), ((2048, 2048), 16, 1)])
+                                                   ((1024, 1024), 1, 2), ((1024, 1024), 7, 1), ((2048, 2048), 16, 1),
+                                                   ((1024, 1024), 4, 0), ((1024, 1024), 4, 2)])  # TMA blocks of 192, 96
 def test_fa4_pieces_are_exact_on_the_gpu(pixels, tiles, layer, shared_rows, shared_keys):
     """The real FA4 pieces in bf16 (every row checked against the exact reference under the layout's mask)."""
     if not fa4_probe(torch.device("cuda")):
@@ -169,17 +178,35 @@ def test_the_modes_are_told_apart_in_names_and_labels(rows, keys, name, label_en
 # auto: paged keys (and fused shared rows) where FA4 loads the pages by TMA or the sequence is short, else the
 # merge with the shared rows on their own stream; Flux's latent grids with 512 text tokens
 @pytest.mark.parametrize("grid, tiles, picked", [
-    ((128, 128), 16, ["merge"] * 4),  # 2048x2048: pages of 192, 48, 96, 48 tokens
-    ((128, 128), 4, ["paged", "merge", "paged", "merge"]),  # pages of 128 at phases 0 and 2
+    ((128, 128), 16, ["paged", "merge", "paged", "merge"]),  # 2048x2048: pages of 192, 48, 96, 48 tokens
+    ((128, 128), 4, ["paged"] * 4),  # pages of 128, 192, 128, 192
     ((256, 256), 4, ["paged"] * 4),
     ((64, 64), 16, ["paged"] * 4)])  # 1024x1024: 4608 tokens
 def test_auto_pages_the_keys_where_that_measured_faster(grid, tiles, picked):
     layout = HilbertLayout(*grid, 512, tiles, centre_fraction=0.25)
     got = [modes(layout, layer, "auto", "auto") for layer in range(4)]
     assert [keys for _, keys in got] == picked
+    if layout.seq_len > SHORT_SEQ:  # no TMA block was measured at other head dims: long sequences merge there
+        assert [modes(layout, layer, "auto", "auto", head_dim=64)[1] for layer in range(4)] == ["merge"] * 4
     assert all(rows == ("fused" if keys == "paged" else "stream") for rows, keys in got)
     assert (layout.seq_len <= SHORT_SEQ) == (grid == (64, 64))
     assert modes(layout, 0, "stream", "paged") == ("stream", "paged")  # explicit modes are kept
     # the report's backend column says which calls each phase ran
-    backends = {backend_of(rows, keys) for rows, keys in got}
-    assert len(backends) == len(set(picked)) and all(("paged" in b) == ("merge" not in b) for b in backends)
+    for layer, (rows, keys) in enumerate(got):
+        backend = backend_of(rows, keys, key_tile(page_size(layout, layer), 128))
+        assert ("paged" in backend) == (keys == "paged") != ("merge" in backend)
+        assert ("TMA pages" in backend) == (keys == "paged" and page_size(layout, layer) in (96, 128, 192))
+
+
+@pytest.mark.parametrize("layer", [0, 2])  # pages of 192 and 96 at 1024x1024 T=4
+def test_paged_keys_with_a_tma_block_equal_the_reference(layer):
+    """The call that asks FA4 for a key block of the page (the stand-in asserts the block is the page)."""
+    layout = HilbertLayout(64, 64, 512, 4, centre_fraction=0.25)
+    plan = paged_plan(layout, layer, torch.device("cpu"), fused=True, head_dim=128)
+    assert plan.paged.key_tile == page_size(layout, layer) == (192, None, 96)[layer]
+    gen = torch.Generator().manual_seed(layer)
+    q, k, v = (torch.randn(1, 2, layout.seq_len, 16, generator=gen) for _ in range(3))
+    out = split_attention(fake_fwd, plan, q, k, v)
+    rows = torch.arange(0, layout.seq_len, 7)
+    ref = reference_attention(q, k, v, mask=lambda r: layout.mask_rows(r, layer), rows=rows)
+    assert relative_error(out[:, :, rows], ref) < 1e-5

@@ -271,7 +271,7 @@ def test_energy_relative_to_fastest_dense_and_at_the_cap(tmp_path):
 
 def test_numeric_cells_carry_sort_keys_and_derived_columns_tooltips(tmp_path):
     v2_page = page_of(tmp_path, "results_v2.json")
-    assert re.search(r'<td class="num" data-v="0\.4\d+">0\.4', v2_page)
+    assert re.search(r'<td data-v="0\.4\d+">0\.4', v2_page)
     tips = outline(v2_page).tips
     assert "DRAM bytes / compulsory bytes" in tips["total / compulsory"]
     assert tips["HilbertA speedup"] == "baseline ms / HilbertA ms"

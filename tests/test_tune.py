@@ -173,6 +173,31 @@ def test_the_default_is_kept_when_it_wins_the_head_to_head(fake_kernel, monkeypa
     assert [c.row["extra"]["chosen"] for c in outcome.candidates] == [True, False]
 
 
+def test_a_problem_is_timed_against_its_own_default(fake_kernel):
+    """A problem whose kernel runs another config without an entry (STA's one stage at 128-token tiles) is
+    timed against that config, not against the kernel's safe default (which may not even fit)."""
+    own_default = KernelConfig(64, 64, 4, 1)
+    target = fake_kernel({FAKE_DEFAULT: compile_failure, own_default: sleepy, KernelConfig(64, 32, 4, 1): dense})
+    (tp,) = target.problems(None)
+    outcome = tune.tune_problem(target, replace(tp, default=own_default), target.space(16, "full"), FAST_PLAN,
+                                torch.device("cpu"), deadline=time.monotonic() + 60)
+    assert outcome.default.config == own_default and outcome.default.is_default
+    assert outcome.evidence["default_median_ms"] is not None and outcome.evidence["speedup_vs_default"] > 1.0
+
+
+@pytest.mark.parametrize("tile, stages", [("8x8", 2), ("16x8", 1)])
+def test_sta_problems_carry_the_config_sta_runs_without_an_entry(tile, stages, monkeypatch, tmp_path):
+    from baselines.sliding_tile_kernel import StaGeometry, sta_config
+
+    monkeypatch.setattr(kconfig, "CONFIG_DIR", tmp_path)  # no stored entries
+    (tp,) = tune.TARGETS["sta"].problems(settings("--kernel", "sta", "--resolutions", "512x512", "--sta-tiles", tile))
+    rows, cols = map(int, tile.split("x"))
+    geometry = StaGeometry(tp.problem.height, tp.problem.width, tp.problem.text_tokens, (rows, cols), (3, 3))
+    monkeypatch.setattr("baselines.sliding_tile_kernel.device_arch", lambda device=None: "sm90")
+    assert tp.default.num_stages == stages
+    assert (tp.default, "default") == sta_config(geometry, 128, torch.bfloat16, torch.device("cpu"))
+
+
 def test_nothing_is_picked_when_every_candidate_is_wrong(fake_kernel):
     target = fake_kernel({FAKE_DEFAULT: wrong, KernelConfig(64, 32, 4, 1): compile_failure})
     (tp,) = target.problems(None)
@@ -207,6 +232,27 @@ def test_tune_writes_rows_and_stores_the_winner_under_its_key(fake_kernel, monke
     assert by_config[fast.name]["extra"]["chosen"] and by_config[fast.name]["samples_ms"]
     assert by_config["m64_n32_w4_s2"]["status"] == "incorrect"
     assert all(r["case"].startswith(f"{TINY.resolution}/fake/") for r in rows)
+
+
+def _store_keys(worker: int, keys: int) -> None:
+    for index in range(keys):
+        kconfig.store("fake", "sm90", f"d16_float32_L{worker}_g{index}", FAKE_DEFAULT, {"median_ms": 1.0}, {})
+
+
+def test_two_tunes_storing_at_once_keep_every_entry(fake_kernel):
+    """Tunes on two cards of one host store into the same arch file: none may lose the other's entries."""
+    import multiprocessing
+
+    fork = multiprocessing.get_context("fork")  # the children inherit the patched CONFIG_DIR
+    workers = [fork.Process(target=_store_keys, args=(worker, 25)) for worker in range(4)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(60)
+    assert [process.exitcode for process in workers] == [0] * 4
+    stored = json.loads((kconfig.CONFIG_DIR / "sm90.json").read_text())["kernels"]["fake"]
+    assert len(stored) == 100
+    assert not [path.name for path in kconfig.CONFIG_DIR.iterdir() if path.name != "sm90.json"]  # no temp files
 
 
 def test_no_write_leaves_the_config_store_alone(fake_kernel, monkeypatch, tmp_path):
@@ -291,7 +337,7 @@ def test_dry_run_lists_space_problems_and_keys_without_running(kernel, capsys, m
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
-@pytest.mark.parametrize("space, expected", [("full", 8), ("quick", 4)])
+@pytest.mark.parametrize("space, expected", [("full", 8), ("quick", 6)])
 def test_sta_space_varies_only_its_knobs(space, expected):
     configs = tune.TARGETS["sta"].space(128, space)
     assert len(configs) == len(set(configs)) == expected

@@ -10,7 +10,8 @@ kernel's config space (`kernels.config.config_space`, narrowed to the knobs the 
    skipped with the reason, one that is wrong is recorded as incorrect; neither is ever timed, let alone picked;
 2. a coarse pass times every correct candidate interleaved (`harness.measure.timing.time_interleaved`) with a few
    samples; 3. the top k, plus the default, are timed again with more samples; the fastest median wins;
-4. the winner and the safe default (`kernels.config.DEFAULTS`) are timed against each other, interleaved,
+4. the winner and the default (what the kernel runs without an entry: `TuneProblem.default`, else
+   `kernels.config.DEFAULTS`) are timed against each other, interleaved,
    for the speedup and its CI that go into the stored evidence (if the default wins that head-to-head,
    the default is what gets stored).
 

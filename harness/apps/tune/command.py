@@ -30,11 +30,12 @@ def plan_lines(kernels: Sequence[str], settings: TuneSettings, plan: TunePlan) -
     for kernel in kernels:
         target = TARGETS[kernel]
         configs = target.space(settings.head_dim, settings.space)
-        lines.append(f"{kernel}: {len(configs)} configs ({settings.space} space); the default "
-                     f"{kconfig.DEFAULTS[kernel].name} is always timed too:")
+        lines.append(f"{kernel}: {len(configs)} configs ({settings.space} space); each problem's default (what "
+                     f"runs without an entry) is always timed too:")
         lines += [f"  {c.name}" for c in configs]
         for tp in target.problems(settings):
-            lines.append(f"  problem {tp.label}: L={tp.problem.seq_len}, key {tp.key}")
+            default = tp.default or kconfig.DEFAULTS[kernel]
+            lines.append(f"  problem {tp.label}: L={tp.problem.seq_len}, key {tp.key}, default {default.name}")
     lines.append(f"per problem: check every config, coarse-time all correct ones (<= {plan.coarse['max_samples']} "
                  f"samples), refine the top {plan.top_k} + default (<= {plan.refine['max_samples']}), then winner "
                  f"vs default (<= {plan.final['max_samples']} each); whole tune capped at {plan.budget_s:g} s")

@@ -58,7 +58,7 @@ def _candidate_row(target: TuneTarget, tp: TuneProblem, config: KernelConfig, is
 def _check_candidates(target: TuneTarget, tp: TuneProblem, configs: list[KernelConfig], device: torch.device,
                       deadline: float, inputs) -> list[Candidate]:
     """Make every config's method ready (`harness.core.lifecycle.make_ready`); only correct ones get a call."""
-    default = kconfig.DEFAULTS[target.name]
+    default = tp.default or kconfig.DEFAULTS[target.name]  # timed against what runs without an entry
     policy = CorrectnessPolicy()
     rejections = config_rejections()
     candidates = []

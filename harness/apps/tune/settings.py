@@ -25,6 +25,7 @@ class TuneProblem:
     key: str  # kernels.config.config_key(...), what the kernel looks up at launch
     candidate: Callable[[KernelConfig], Method]
     family: str | None = None  # the registry family of the candidates
+    default: KernelConfig | None = None  # what the kernel runs without an entry (None: kernels.config.DEFAULTS)
 
     @property
     def label(self) -> str:

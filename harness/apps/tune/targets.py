@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from baselines.registry import resolve
-from baselines.sliding_tile_kernel import StaGeometry
+from baselines.sliding_tile_kernel import StaGeometry, default_config
 from kernels import config as kconfig
 from kernels.config import KernelConfig
 from kernels.layout import HilbertLayout
@@ -41,16 +41,18 @@ def _sta_problems(settings: TuneSettings) -> list[TuneProblem]:
             geometry = StaGeometry(problem.height, problem.width, problem.text_tokens, tile, window)
             key = kconfig.config_key(problem.head_dim, problem.dtype, geometry.seq_len, tile[0] * tile[1])
             spec = {"method": "sta", "tile": tile, "window": window}
-            out.append(TuneProblem("sta", problem, resolve(spec).name, key, registry_candidate(spec), spec["method"]))
+            out.append(TuneProblem("sta", problem, resolve(spec).name, key, registry_candidate(spec), spec["method"],
+                                   default=default_config(tile[0] * tile[1])))
     return out
 
 
 def _sta_space(head_dim: int, space: str) -> list[KernelConfig]:
-    """STA's block sizes follow its tile shape: only num_warps and num_stages are knobs."""
+    """STA's block sizes follow its tile shape: only num_warps and num_stages are knobs. 128-token tiles fit
+    one stage only (an H200: two need 288 KB of shared memory), so the quick space keeps it."""
     default = kconfig.DEFAULTS["sta"]
-    knobs = [(warps, stages) for warps in (4, 8) for stages in (1, 2, 3, 4)]  # one stage: 128-token tiles
+    knobs = [(warps, stages) for warps in (4, 8) for stages in (1, 2, 3, 4)]
     if space == "quick":
-        knobs = [(w, s) for w, s in knobs if s in (2, 3)]
+        knobs = [(w, s) for w, s in knobs if s in (1, 2, 3)]
     return [replace(default, num_warps=w, num_stages=s) for w, s in knobs]
 
 
