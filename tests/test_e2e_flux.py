@@ -335,6 +335,62 @@ def test_run_e2e_cases_writes_one_row_per_method():
     assert "permute" not in by_method["sdpa_math"]["setup_ms"]
 
 
+INTERLEAVED = {**TINY_SECTION, "methods": ["sdpa_math", "hilberta_flex"], "step_repeats": 4}
+
+
+def test_steps_of_every_contender_are_interleaved_in_a_fresh_order_each_round(monkeypatch):
+    """One step of each contender per round, in a new random order (same conditions under a power cap)."""
+    seen = []
+
+    class Recording(pr.Switch):
+        def __setattr__(self, key, value):
+            if key == "current" and value is not None:
+                seen.append(value)
+            super().__setattr__(key, value)
+
+    monkeypatch.setattr(pr, "Switch", Recording)
+    rows = measure.run_e2e_cases(INTERLEAVED, RowCollector(), "cpu")
+    names = {measure.REFERENCE, "sdpa_math", "hilberta_flex_t16"}
+    assert {row["method"] for row in rows} == names and all(row["status"] == "ok" for row in rows)
+    rounds = [seen[i:i + 3] for i in range(0, len(seen), 3)]
+    assert len(seen) % 3 == 0 and len(rounds) >= 4 and all(set(r) == names for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1  # a fresh order, not one fixed order repeated
+    assert all(len(row["samples_ms"]) == 4 and row["e2e"]["step_timing"].startswith("interleaved") for row in rows)
+
+
+def test_a_contender_whose_step_fails_is_dropped_and_the_others_are_timed(monkeypatch):
+    switched = measure._switched_forward
+
+    def failing(res, contender, switch):
+        if contender.name != "sdpa_math":
+            return switched(res, contender, switch)
+
+        def step():
+            raise RuntimeError("launch failed")
+        return step
+
+    monkeypatch.setattr(measure, "_switched_forward", failing)
+    by_method = {row["method"]: row for row in measure.run_e2e_cases(INTERLEAVED, RowCollector(), "cpu")}
+    failed = by_method["sdpa_math"]
+    assert failed["status"] == "failed" and "interleaved step" in failed["reason"] and "launch failed" in failed["reason"]
+    assert by_method[measure.REFERENCE]["status"] == by_method["hilberta_flex_t16"]["status"] == "ok"
+    assert len(by_method["hilberta_flex_t16"]["samples_ms"]) == 4
+
+
+def test_switch_processor_runs_the_named_contenders_processor_with_diffusers_arguments():
+    import inspect
+
+    switch, calls = pr.Switch(), []
+    layers = {name: {"blocks.0": lambda *args, name=name: calls.append((name, args)) or name} for name in ("a", "b")}
+    installed = pr.switch_processors(layers, switch)
+    switch.current = "b"
+    assert installed["blocks.0"]("attn", "hidden", "text", None, "rope") == "b"
+    assert calls == [("b", ("attn", "hidden", "text", None, "rope"))]
+    # diffusers hands a processor only the keywords its __call__ names: the same names as FluxAttnProcessor's
+    expected = set(inspect.signature(pr.FluxAttnProcessor().__call__).parameters)
+    assert set(inspect.signature(installed["blocks.0"].__call__).parameters) == expected
+
+
 def test_run_e2e_cases_without_diffusers_reports_every_case_unavailable(monkeypatch):
     monkeypatch.setattr(measure, "processors", None)
     rows = measure.run_e2e_cases({**TINY_SECTION, "resolutions": ["128x128", "128x96"]}, RowCollector(), "cpu")

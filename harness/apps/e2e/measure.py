@@ -7,7 +7,10 @@ every contender (the reference itself, dense references next, then the rest, so 
 quoted as rows arrive) gets:
 
 - ``samples_ms``: transformer step latency (one forward at sigma 1, CUDA events, `harness.measure.timing`), with
-  the once-per-forward token permutation inside it for methods that reorder tokens;
+  the once-per-forward token permutation inside it for methods that reorder tokens. The steps of all contenders
+  of a resolution are interleaved, one each per round in a fresh random order, all of them installed at once
+  behind a `processors.Switch` (`interleaved_steps`): under a power cap a method timed in a burst after a
+  heavy one is not comparable with one timed after a light one;
 - ``setup_ms``: ``prepare`` (all layers), ``first_call`` (compilation), ``permute`` (permute the latents and
   their RoPE ids, restore the output: median of its own timing), the methods' own setup summed over layers;
 - ``e2e.attention_share``: from a separate instrumented pass with CUDA events around every attention call
@@ -16,7 +19,7 @@ quoted as rows arrive) gets:
   prompt embeddings (no text encoders), then the VAE decode (diffusers' tiled decode where the full one runs
   out of memory, ``e2e.vae_decode_mode``) — their latencies, and ``e2e.joules_per_image`` over both from
   NVML's energy counter (`harness.measure.power.measure_energy`; "unavailable" without NVML);
-- ``e2e.peak_memory_bytes`` (``torch.cuda.max_memory_allocated`` over the step timing, weights included);
+- ``e2e.peak_memory_bytes`` (``torch.cuda.max_memory_allocated`` over the instrumented pass, weights included);
 - ``correctness`` / ``e2e.output_rel_diff_vs_dense``: the relative difference of one transformer output from
   the reference's on the same inputs — a numerical check with random weights, not image quality. Only a
   non-finite output makes a row "incorrect": sparse methods differ from dense by design.
@@ -58,7 +61,7 @@ from harness.core.lifecycle import availability_fields, error_fields, release_me
 from harness.core.progress import Progress
 from harness.core.schema import Row
 from harness.measure.stats import summarize
-from harness.measure.timing import TimingPolicy, time_interleaved, time_once_ms
+from harness.measure.timing import TimedFnError, TimingPolicy, time_interleaved, time_once_ms
 from kernels.reference import relative_error
 
 OUTPUT_CHECK = "numerical check with random weights, not image quality"
@@ -101,46 +104,81 @@ def _attention_share(res: Resolution, contender: Contender) -> dict:
             "attention_timing": timer.description}
 
 
-def measure_contender(res: Resolution, contender: Contender) -> dict:
-    """All measurements of one contender at one resolution: the row fields after the identity."""
+def first_call(res: Resolution, contender: Contender) -> dict:
+    """Install ``contender`` alone and run its first forward (its compiles): how long that took, and its
+    output against the reference's."""
+    processors.install(res.model, contender.make_processors(None))
+    forward = _forward_fn(res, contender.order)
+    res.progress.step(f"{res.problem.resolution}/e2e/{contender.name}: first call")
+    outputs: list[torch.Tensor] = []
+    first_call_ms = time_once_ms(lambda: outputs.append(forward()), res.device)
+    output = outputs.pop()
+    return {"first_call_ms": first_call_ms, "rel_diff": relative_error(output, res.reference_out),
+            "max_abs": float((output.float() - res.reference_out.float()).abs().max()),
+            "finite": bool(torch.isfinite(output).all())}
+
+
+def _switched_forward(res: Resolution, contender: Contender, switch) -> Callable[[], torch.Tensor]:
+    forward = _forward_fn(res, contender.order)
+
+    def run() -> torch.Tensor:
+        switch.current = contender.name
+        return forward()
+
+    return run
+
+
+def interleaved_steps(res: Resolution, contenders: Sequence[Contender]) -> tuple[dict[str, list[float]],
+                                                                                  dict[str, dict]]:
+    """Step latency of every contender: ``step_repeats`` rounds, one step of each per round in a fresh random
+    order, with every contender's processors installed at once behind one `processors.Switch` (a forward
+    only sets which one runs). Returns (samples by contender, error fields of a contender whose step raised:
+    it is dropped and the others timed again)."""
+    failed: dict[str, dict] = {}
+    remaining = list(contenders)
+    res.progress.step(f"{res.problem.resolution}/e2e: {len(remaining)} contenders' steps, interleaved")
+    while remaining:
+        switch = processors.Switch()
+        layers = {contender.name: contender.make_processors(None) for contender in remaining}
+        processors.install(res.model, processors.switch_processors(layers, switch))
+        steps = {contender.name: _switched_forward(res, contender, switch) for contender in remaining}
+        try:
+            samples = time_interleaved(steps, step_policy(res.settings.step_repeats), res.device)
+        except TimedFnError as exc:
+            failed[exc.name] = error_fields(exc, f"{exc.name}: interleaved step")
+            remaining = [contender for contender in remaining if contender.name != exc.name]
+            continue
+        return {name: samples[name] for name in steps}, failed
+    return {}, failed
+
+
+def finish_contender(res: Resolution, contender: Contender, first: dict, step_samples: list[float]) -> dict:
+    """The rest of one contender's measurements (attention share, peak memory, a full image) and its row
+    fields after the identity."""
     device, settings = res.device, res.settings
     case = f"{res.problem.resolution}/e2e/{contender.name}"
     check_note = OUTPUT_CHECK if settings.weights is None else OUTPUT_CHECK_WEIGHTS
-    processors.install(res.model, contender.make_processors(None))
-    forward = _forward_fn(res, contender.order)
-
-    res.progress.step(f"{case}: first call")
-    outputs: list[torch.Tensor] = []
-    first_call_ms = time_once_ms(lambda: outputs.append(forward()), device)
-    output = outputs.pop()
-    rel_diff = relative_error(output, res.reference_out)
-    max_abs = float((output.float() - res.reference_out.float()).abs().max())
-    finite = bool(torch.isfinite(output).all())
-    del output
-
-    res.progress.step(f"{case}: step latency")
-    if on_cuda(device):
-        torch.cuda.reset_peak_memory_stats(device)
-    step_samples = time_interleaved({contender.name: forward}, step_policy(settings.step_repeats), device)
-    step_samples = step_samples[contender.name]
-    peak = torch.cuda.max_memory_allocated(device) if on_cuda(device) else None
     summary = summarize(step_samples)
-
-    setup_ms = {**contender.setup_ms, "first_call": first_call_ms}
+    setup_ms = {**contender.setup_ms, "first_call": first["first_call_ms"]}
     if contender.order is not None:
         setup_ms["permute"] = _permute_ms(res, contender.order)
 
     res.progress.step(f"{case}: attention share")
+    if on_cuda(device):
+        torch.cuda.reset_peak_memory_stats(device)
+    share = _attention_share(res, contender)
+    peak = torch.cuda.max_memory_allocated(device) if on_cuda(device) else None
     e2e = {"text_tokens": res.problem.text_tokens,
            "qkv_layout": qkv_layout(contender.name, settings.contiguous_qkv),
-           **_attention_share(res, contender),
+           **share,
+           "step_timing": "interleaved with the other contenders of this resolution, one step each per round",
            "permutation": "latents + RoPE ids at entry, output at exit, once per forward"
            if contender.order is not None else "none",
            "peak_memory_bytes": peak,
            "baseline_memory_bytes": res.baseline_bytes,
            "peak_memory_above_baseline_bytes": None if peak is None or res.baseline_bytes is None
            else peak - res.baseline_bytes,
-           "output_rel_diff_vs_dense": rel_diff, "output_check": check_note}
+           "output_rel_diff_vs_dense": first["rel_diff"], "output_check": check_note}
 
     res.progress.step(f"{case}: full image ({settings.steps} steps + decode)")
     processors.install(res.model, contender.make_processors(None))
@@ -151,11 +189,12 @@ def measure_contender(res: Resolution, contender: Contender) -> dict:
     if on_cuda(device) and "denoise_ms" in image_fields:
         e2e["peak_memory_image_bytes"] = torch.cuda.max_memory_allocated(device)
 
+    finite = first["finite"]
     row = {
         "backend": contender.backend,
         "status": "ok" if finite else "incorrect",
         "reason": None if finite else "the transformer output is not finite",
-        "correctness": {"rel_err": rel_diff, "max_abs_err": max_abs, "tol": None, "passed": finite,
+        "correctness": {"rel_err": first["rel_diff"], "max_abs_err": first["max_abs"], "tol": None, "passed": finite,
                         "rows_checked": res.problem.image_tokens, "reference": f"{REFERENCE} output, same inputs",
                         "note": check_note},
         "samples_ms": step_samples,
@@ -271,29 +310,43 @@ class _E2ERun:
             self.progress.advance(len(self.contenders), note="skipped")
             self.emit_all([problem], **error_fields(exc, f"{problem.resolution} reference forward"))
             return
-        references: list[dict] = []
+        # every contender made ready and its output checked, then their steps interleaved, then the rest of
+        # each one's measurements and its row, in the contenders' order (dense references first)
+        fields_by_name: dict[str, dict] = {}
+        ready: list[tuple[Contender, dict]] = []
         for method in self.contenders:
             name = REFERENCE if method is None else method.name
-            self.progress.step(f"{problem.resolution}/e2e/{name}")
             refused = None if method is None else availability_fields(method, self.device)
             if refused is not None:
-                self.emit(problem, method, **refused)
-                self.progress.advance(note="unavailable")
+                fields_by_name[name] = refused
                 continue
             try:
                 contender = (reference_contender(self.model) if method is None
                              else method_contender(method, self.model, problem, self.device,
                                                     self.settings.contiguous_qkv))
-                fields_ = measure_contender(res, contender)
+                ready.append((contender, first_call(res, contender)))
             except Exception as exc:
-                fields_ = error_fields(exc, name)
-            finally:
+                fields_by_name[name] = error_fields(exc, name)
                 release_memory(self.device)
+        samples, failed = interleaved_steps(res, [contender for contender, _ in ready])
+        fields_by_name.update(failed)
+        finishing = {contender.name: (contender, first) for contender, first in ready if contender.name in samples}
+        references: list[dict] = []
+        for method in self.contenders:
+            name = REFERENCE if method is None else method.name
+            fields_ = fields_by_name.get(name)
+            if fields_ is None:
+                contender, first = finishing[name]
+                try:
+                    fields_ = finish_contender(res, contender, first, samples[name])
+                except Exception as exc:
+                    fields_ = error_fields(exc, name)
             fields_["derived"] = _derived(fields_, references)
             row = self.emit(problem, method, **fields_)
             if row["dense_reference"]:
                 references.append(row)
             self.progress.advance(note=row["status"])
+        release_memory(self.device)
 
     def resolution(self, problem: Problem) -> Resolution:
         """Inputs, the reference output and a warm-up VAE decode (whose failure only skips decoding)."""

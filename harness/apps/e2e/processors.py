@@ -12,7 +12,8 @@ Methods with an ``image_order`` (HilbertA) run on the image tokens in their own 
 permutes the packed latents *and* their RoPE ids once at the model's entry (the model computes RoPE from
 ``img_ids``, so each token keeps its position encoding) and restores the output once at exit; text tokens
 stay first because the model concatenates them first. Everything between is per-token, so nothing else
-changes. `AttentionTimer` brackets each attention call with CUDA events in an instrumented pass.
+changes. `AttentionTimer` brackets each attention call with CUDA events in an instrumented pass. `switch_processors`
+installs several contenders' processors at once behind a `Switch`, for step timing interleaved across them.
 Only public diffusers API is used (``set_attn_processor``, module attributes, ``apply_rotary_emb``);
 `_qkv_projections` restates the private helper diffusers' processor calls.
 """
@@ -192,6 +193,35 @@ def method_processors(model, attention_by_layer: Sequence[AttentionFn] | None = 
 def install(model, processors: Mapping[str, object]) -> None:
     """Set one processor per layer (``set_attn_processor`` consumes its dict, so it gets a copy)."""
     model.set_attn_processor(dict(processors))
+
+
+class Switch:
+    """Which contender the installed `SwitchProcessor` s run: set it before a forward (an attribute, no
+    reinstall, so that interleaved steps of several contenders time nothing but their forwards)."""
+
+    def __init__(self):
+        self.current: str | None = None
+
+
+class SwitchProcessor:
+    """One layer's processors of several contenders; each call runs the one its `Switch` names."""
+
+    def __init__(self, switch: Switch, by_contender: Mapping[str, object]):
+        self.switch, self.by_contender = switch, dict(by_contender)
+
+    # the signature of FluxAttnProcessor's: diffusers passes a processor only the keywords its __call__ names
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None,
+                 image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None):
+        return self.by_contender[self.switch.current](attn, hidden_states, encoder_hidden_states, attention_mask,
+                                                      image_rotary_emb)
+
+
+def switch_processors(by_contender: Mapping[str, Mapping[str, object]], switch: Switch) -> dict[str, SwitchProcessor]:
+    """``{processor name: SwitchProcessor}`` over each contender's ``{processor name: processor}``."""
+    names = {name for processors in by_contender.values() for name in processors}
+    return {name: SwitchProcessor(switch, {contender: layers[name] for contender, layers in by_contender.items()})
+            for name in sorted(names)}
 
 
 def diffusers_processors(model) -> dict[str, object]:
