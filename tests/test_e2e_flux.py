@@ -377,6 +377,16 @@ def test_a_contender_whose_step_fails_is_dropped_and_the_others_are_timed(monkey
     assert len(by_method["hilberta_flex_t16"]["samples_ms"]) == 4
 
 
+def test_interleaving_that_fails_as_a_whole_records_every_contender_and_goes_on(monkeypatch):
+    def out_of_luck(res, contenders):
+        raise RuntimeError("CUDA error: unspecified launch failure")
+
+    monkeypatch.setattr(measure, "interleaved_steps", out_of_luck)
+    rows = measure.run_e2e_cases({**INTERLEAVED, "resolutions": ["128x96", "128x128"]}, RowCollector(), "cpu")
+    assert len(rows) == 6 and all(row["status"] == "failed" for row in rows)
+    assert all("interleaved steps: RuntimeError: CUDA error" in row["reason"] for row in rows)
+
+
 def test_switch_processor_runs_the_named_contenders_processor_with_diffusers_arguments():
     import inspect
 

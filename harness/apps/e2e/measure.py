@@ -328,7 +328,10 @@ class _E2ERun:
             except Exception as exc:
                 fields_by_name[name] = error_fields(exc, name)
                 release_memory(self.device)
-        samples, failed = interleaved_steps(res, [contender for contender, _ in ready])
+        try:
+            samples, failed = interleaved_steps(res, [contender for contender, _ in ready])
+        except Exception as exc:  # not one contender's step (that is dropped alone): none of them has a step time
+            samples, failed = {}, {contender.name: error_fields(exc, "interleaved steps") for contender, _ in ready}
         fields_by_name.update(failed)
         finishing = {contender.name: (contender, first) for contender, first in ready if contender.name in samples}
         references: list[dict] = []
