@@ -217,8 +217,7 @@ def sta_config(geometry: StaGeometry, head_dim: int, dtype: torch.dtype,
     """The launch config for this problem on this device, and where it came from."""
     tile_tokens = geometry.tile[0] * geometry.tile[1]
     key = config_key(head_dim, dtype, geometry.seq_len, tile_tokens)
-    config, source = lookup("sta", device_arch(device), key)
-    return (default_config(tile_tokens), source) if source == "default" else (config, source)
+    return lookup("sta", device_arch(device), key, default_config(tile_tokens))
 
 
 def default_config(tile_tokens: int) -> KernelConfig:

@@ -120,19 +120,21 @@ def load_arch_file(arch: str) -> dict:
 _warned: set[tuple[str, str, str]] = set()
 
 
-def lookup(kernel: str, arch: str, key: str) -> tuple[KernelConfig, str]:
-    """The stored best config for (kernel, arch, key), else the default. Returns (config, source)."""
+def lookup(kernel: str, arch: str, key: str, default: KernelConfig | None = None) -> tuple[KernelConfig, str]:
+    """The stored best config for (kernel, arch, key), else ``default`` (the kernel's safe default unless the
+    kernel says what fits this problem), named in a warning once. Returns (config, source)."""
     if arch == "cpu":
         return CPU_DEFAULT, "cpu-interpreter default"
     entries = load_arch_file(arch).get("kernels", {}).get(kernel, {})
     entry = entries.get(key)
     if entry is not None:
         return KernelConfig(**entry["config"]), f"{config_path(arch).name}:{key}"
+    default = default or DEFAULTS[kernel]
     if (kernel, arch, key) not in _warned:
         _warned.add((kernel, arch, key))
         log.warning("no tuned %s config for %s %s; using the safe default %s (run `nox -s tune`)",
-                    kernel, arch, key, DEFAULTS[kernel].name)
-    return DEFAULTS[kernel], "default"
+                    kernel, arch, key, default.name)
+    return default, "default"
 
 
 def store(kernel: str, arch: str, key: str, config: KernelConfig, evidence: dict, meta: dict) -> Path:

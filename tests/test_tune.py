@@ -186,16 +186,19 @@ def test_a_problem_is_timed_against_its_own_default(fake_kernel):
 
 
 @pytest.mark.parametrize("tile, stages", [("8x8", 2), ("16x8", 1)])
-def test_sta_problems_carry_the_config_sta_runs_without_an_entry(tile, stages, monkeypatch, tmp_path):
+def test_sta_problems_carry_the_config_sta_runs_without_an_entry(tile, stages, monkeypatch, tmp_path, caplog):
     from baselines.sliding_tile_kernel import StaGeometry, sta_config
 
     monkeypatch.setattr(kconfig, "CONFIG_DIR", tmp_path)  # no stored entries
+    monkeypatch.setattr(kconfig, "_warned", set())  # each missing key is named once a process
     (tp,) = tune.TARGETS["sta"].problems(settings("--kernel", "sta", "--resolutions", "512x512", "--sta-tiles", tile))
     rows, cols = map(int, tile.split("x"))
     geometry = StaGeometry(tp.problem.height, tp.problem.width, tp.problem.text_tokens, (rows, cols), (3, 3))
     monkeypatch.setattr("baselines.sliding_tile_kernel.device_arch", lambda device=None: "sm90")
     assert tp.default.num_stages == stages
-    assert (tp.default, "default") == sta_config(geometry, 128, torch.bfloat16, torch.device("cpu"))
+    with caplog.at_level("WARNING", logger="kernels.config"):
+        assert (tp.default, "default") == sta_config(geometry, 128, torch.bfloat16, torch.device("cpu"))
+    assert f"using the safe default {tp.default.name} " in caplog.text  # the warning names what runs
 
 
 def test_nothing_is_picked_when_every_candidate_is_wrong(fake_kernel):
