@@ -34,6 +34,23 @@ class Availability:
         return self.ok
 
 
+@dataclass(frozen=True)
+class KeyOrder:
+    """Keys and values in an order a method chooses for one layer, for a caller that writes K and V anyway.
+
+    The end-to-end Flux processor writes K (RoPE's last cast) and V (the text-image concatenation, or V's
+    projection) itself, so it can write them in this order at no extra pass; `run` then takes them so.
+    ``segments`` are ranges [a, b) of the method's sequence order, laid back to back.
+    """
+
+    segments: tuple[tuple[int, int], ...]
+    run: AttentionFn  # (q in the sequence order, k and v in this order) -> out in the sequence order
+
+    def arrange(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """A copy of ``x`` (sequence order along ``dim``) in this order."""
+        return torch.cat([x.narrow(dim, a, b - a) for a, b in self.segments], dim)
+
+
 @dataclass
 class PreparedAttention:
     """One method made ready for one problem on one device."""
@@ -48,6 +65,8 @@ class PreparedAttention:
     computed_pairs: int  # pairs the kernel actually computes (block granularity), per (batch, head)
     setup_ms: dict[str, float] = field(default_factory=dict)  # e.g. {"layout": .., "mask": .., "first_call": ..}
     extra: dict = field(default_factory=dict)  # method-specific facts for the results row (block sizes, ...)
+    key_order: KeyOrder | None = None  # offered to callers that write K and V themselves (end to end); `run`
+    #                                   takes them as given either way
 
     @property
     def token_density(self) -> float:

@@ -24,6 +24,12 @@ when they are exactly its key block: at head dim 128 the call asks for a key blo
 ``TMA_PAGES`` (`key_tile`); other sizes load by cp.async from its producer warps, which is slower on long
 sequences than the merge it saves.
 
+``key_order``: "tiles" (the default) also offers callers that write K and V themselves (the end-to-end Flux
+processor) each shifted layer's keys in tile order, ``[shared | local from the offset | local before it]``
+(`tile_order`): the tiles then start where layer 0's do, so every phase pages its keys as phase 0 does (by TMA at
+2048x2048 T=16, where phases 1 and 3 otherwise merge: pages of 48). `run` itself takes K and V as given either
+way; "given" offers nothing (the end-to-end control).
+
 "auto" (the default of both) picks per layer what measured fastest on H200s (docs/kernel-notes.md, every phase
 at 1024 to 4096): paged keys where the pages load by TMA or the sequence is short (at most ``SHORT_SEQ``
 tokens: there the merge and a third call cost more than cp.async loads), else the merge; the shared rows fused
@@ -38,7 +44,7 @@ from dataclasses import dataclass
 
 import torch
 
-from baselines.base import PreparedAttention
+from baselines.base import KeyOrder, PreparedAttention
 from baselines.fa4 import _fa4_for, fa4_probe
 from baselines.hilberta_methods import _labeler, _layout_facts, _namer, _params, layout_for
 from baselines.problem import Problem
@@ -46,7 +52,9 @@ from baselines.registry import MethodUnavailable, Param, one_of, register_family
 
 SHARED_ROWS = ("auto", "stream", "fused")
 SHARED_KEYS = ("auto", "merge", "paged")
-MODE_LABELS = {"stream": "stream", "fused": "fused", "merge": "merge", "paged": "paged KV"}
+KEY_ORDERS = ("tiles", "given")
+MODE_LABELS = {"stream": "stream", "fused": "fused", "merge": "merge", "paged": "paged KV",
+               "keys_given": "keys as given end to end"}
 TMA_PAGE = 128  # FA4's own key block on Hopper at head dim 128
 # Pages that FA4 loads by TMA, in order of preference: its own key block, and key blocks of 192 and 96 asked for
 # through ``tile_mn`` (H200s, head dim 128, against the merge: 0.91-0.96x the time at 2048x2048 T=16 phases 0
@@ -148,10 +156,19 @@ def split_plan(layout, layer: int, device: torch.device, fused: bool = False) ->
                      tiles=Sequences.of(tile_runs, device))
 
 
-def page_size(layout, layer: int) -> int:
+def tile_order(layout, layer: int) -> tuple[tuple[int, int], ...] | None:
+    """The keys of a shifted layer in tile order, as sequence ranges: the shared keys, then the local ones from
+    the layer's offset on, then those before it (the wrapping tile's R1 and R0 side by side); None where the
+    layer's tiles are not shifted (its keys are in tile order already)."""
+    s, n = layout.shared_tokens, layout.local_tokens
+    head = _tiles_now(layout, layer)[0]
+    return ((0, s), (s + head, s + n), (s, s + head)) if head else None
+
+
+def page_size(layout, layer: int, keys_in_tile_order: bool = False) -> int:
     """The page of this phase: the first of ``TMA_PAGES`` that divides S, the local length and every run bound,
-    else the largest size that does."""
-    head, tail, tiles = _tiles_now(layout, layer)
+    else the largest size that does. Keys in tile order (`tile_order`) page as layer 0's do."""
+    head, tail, tiles = _tiles_now(layout, 0 if keys_in_tile_order else layer)
     page = math.gcd(layout.shared_tokens, layout.local_tokens, head, tail, *(a for a, _ in tiles))
     return next((tma for tma in TMA_PAGES if page % tma == 0), page)
 
@@ -183,19 +200,22 @@ def backend_of(shared_rows: str, shared_keys: str, key_block: int | None = None)
 
 
 def paged_plan(layout, layer: int, device: torch.device, fused: bool = False,
-               head_dim: int | None = None) -> SplitPlan:
+               head_dim: int | None = None, keys_in_tile_order: bool = False) -> SplitPlan:
     """Each local run against the shared keys' pages followed by its tile's (the wrapping tile: R1's, then
     R0's); fused: the shared rows first, against every page. ``head_dim``: ask FA4 for a key block of the page
-    where `key_tile` says that loads by TMA (None: leave FA4's own)."""
+    where `key_tile` says that loads by TMA (None: leave FA4's own). ``keys_in_tile_order``: K and V come in
+    `tile_order` (local key i at S + (i - offset) mod n); the queries keep the sequence order."""
     _needs_shared(layout)
     s, n, length = layout.shared_tokens, layout.local_tokens, layout.seq_len
     head, tail, tiles = _tiles_now(layout, layer)
-    page = page_size(layout, layer)
-    pages = lambda a, b: list(range(a // page, b // page))  # noqa: E731  (sequence positions, whole pages)
+    page = page_size(layout, layer, keys_in_tile_order)
+    pages = lambda a, b: list(range(a // page, b // page))  # noqa: E731  (key positions, whole pages)
+    shift = head if keys_in_tile_order else 0  # where the tile of local rows [a, b) has its keys: S + a - shift
     shared = pages(0, s)
-    runs = [(a, b, shared + pages(s + a, s + b)) for a, b in tiles]
-    if head:
-        wrap = shared + pages(s + tail, s + n) + pages(s, s + head)
+    runs = [(a, b, shared + pages(s + a - shift, s + b - shift)) for a, b in tiles]
+    if head:  # the wrapping tile: R1's keys, then R0's (side by side in tile order)
+        wrap = shared + (pages(s + tail - shift, s + n) if keys_in_tile_order
+                         else pages(s + tail, s + n) + pages(s, s + head))
         runs = [(0, head, wrap), *runs, (tail, n, wrap)]
     if fused:
         runs = [(0, s, pages(0, length))] + [(a + s, b + s, keys) for a, b, keys in runs]
@@ -251,8 +271,9 @@ def split_attention(fwd, plan: SplitPlan, q: torch.Tensor, k: torch.Tensor, v: t
 
 
 def _modes_named(p) -> list[str]:
-    """The modes given explicitly (not "auto"), in parameter order."""
-    return [p[key] for key in ("shared_rows", "shared_keys") if p[key] != "auto"]
+    """The modes given explicitly (not "auto"), in parameter order; keys as given where not offered in tile order."""
+    named = [p[key] for key in ("shared_rows", "shared_keys") if p[key] != "auto"]
+    return named + (["keys_given"] if p["key_order"] == "given" else [])
 
 
 @register_family("hilberta_fa4split", category="hilberta",
@@ -262,13 +283,16 @@ def _modes_named(p) -> list[str]:
                                               one_of(*SHARED_ROWS)),
                          "shared_keys": Param("auto", "auto | merge (a call of their own, merged by log-sum-exp) | "
                                                       "paged (ahead of each tile's keys in one call, FA4's paged KV)",
-                                              one_of(*SHARED_KEYS))},
+                                              one_of(*SHARED_KEYS)),
+                 "key_order": Param("tiles", "tiles (offer callers that write K and V, end to end, each shifted "
+                                             "layer's keys in tile order: TMA pages at every phase) | given",
+                                    one_of(*KEY_ORDERS))},
                  method_name=lambda p: _namer("hilberta_fa4split")(p) + "".join(f"_{m}" for m in _modes_named(p)),
                  label=lambda p: _labeler("HilbertA as dense FA4 pieces")(p)
                  + "".join(f" ({MODE_LABELS[m]})" for m in _modes_named(p)),
                  probe=fa4_probe)
 def build_hilberta_fa4split(problem: Problem, device: torch.device, *, tiles: int, centre: float, curve: str,
-                            cycle: int, shared_rows: str, shared_keys: str) -> PreparedAttention:
+                            cycle: int, shared_rows: str, shared_keys: str, key_order: str) -> PreparedAttention:
     """HilbertA's mask (this layer's phase) as dense FA4 calls over variable-length runs (and a merge)."""
     _fa4_for(problem, device)
     from flash_attn.cute.interface import _flash_attn_fwd
@@ -282,6 +306,8 @@ def build_hilberta_fa4split(problem: Problem, device: torch.device, *, tiles: in
     block = plan.paged.key_tile if plan.paged is not None else None
     side = torch.cuda.Stream(device) if rows == "stream" else None
     allowed = layout.allowed_pairs(layer)
+    offered = (_keys_in_tile_order(layout, layer, device, problem.head_dim, _flash_attn_fwd)
+               if key_order == "tiles" else None)
     return PreparedAttention(
         method="hilberta_fa4split", problem=problem,
         backend=backend_of(rows, keys, block),
@@ -291,4 +317,18 @@ def build_hilberta_fa4split(problem: Problem, device: torch.device, *, tiles: in
         setup_ms={"layout": layout_ms},
         extra={**_layout_facts(layout, layer), "shared_rows": rows, "shared_keys": keys,
                **({"page_tokens": plan.paged.page, "key_block": block} if keys == "paged" else {}),
-               "computed_pairs_basis": "token pairs (the padding of each run's last FA4 blocks is not counted)"})
+               **({"tile_order_key_block": offered[1]} if offered else {}),
+               "computed_pairs_basis": "token pairs (the padding of each run's last FA4 blocks is not counted)"},
+        key_order=offered[0] if offered else None)
+
+
+def _keys_in_tile_order(layout, layer: int, device: torch.device, head_dim: int, fwd) -> tuple[KeyOrder, int] | None:
+    """(the key order offered, its TMA key block) where the layer is shifted and its keys in tile order load by
+    TMA: one paged call with the shared rows fused, as phase 0 runs; else None (nothing to gain)."""
+    order = tile_order(layout, layer)
+    if order is None:
+        return None
+    plan = paged_plan(layout, layer, device, fused=True, head_dim=head_dim, keys_in_tile_order=True)
+    if plan.paged.key_tile is None:
+        return None
+    return KeyOrder(segments=order, run=lambda q, k, v: split_attention(fwd, plan, q, k, v)), plan.paged.key_tile

@@ -13,10 +13,13 @@ import torch.nn.functional as F
 
 pytest.importorskip("diffusers")
 
+from baselines.base import KeyOrder  # noqa: E402
 from baselines.registry import resolve  # noqa: E402
+from diffusers.models.embeddings import apply_rotary_emb  # noqa: E402
 from harness.apps.e2e import flux_model as fm  # noqa: E402
 from harness.apps.e2e import measure  # noqa: E402
 from harness.apps.e2e import processors as pr  # noqa: E402
+from harness.apps.e2e.key_order import copy_in_order, linear_in_order, rotary_in_order  # noqa: E402
 from harness.apps.e2e.settings import E2ESettings  # noqa: E402
 from kernels.curves import curve_order  # noqa: E402
 from tests.helpers import RowCollector
@@ -198,6 +201,59 @@ def test_sparse_hilberta_uses_each_layers_own_mask(model):
     shuffled = _forward(model, pr.method_processors(model, [masked_sdpa(m) for m in masks[1:] + masks[:1]]),
                         inputs, order)
     assert float((shuffled - expected).norm() / expected.norm()) > 1e-2
+
+
+# ---- K and V in a method's key order -------------------------------------------------------------------------
+
+SEGMENTS = ((0, 20), (40, 80), (20, 40))  # 16 text tokens: the first segment crosses into the image
+
+
+def _unarranged(x: torch.Tensor, segments) -> torch.Tensor:
+    """[B, H, L, D] with keys in ``segments`` order -> the sequence order."""
+    index = torch.cat([torch.arange(a, b) for a, b in segments])
+    return x[:, :, torch.argsort(index)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_key_order_writers_equal_the_op_then_a_rearranging_copy(dtype):
+    gen = torch.Generator().manual_seed(0)
+    arrange = KeyOrder(SEGMENTS, run=None).arrange
+    x = torch.randn(2, 80, 3, 16, generator=gen).to(dtype)
+    freqs = (torch.randn(80, 16, generator=gen), torch.randn(80, 16, generator=gen))
+    assert torch.equal(rotary_in_order(x, freqs, SEGMENTS), arrange(apply_rotary_emb(x, freqs, sequence_dim=1), 1))
+    assert torch.equal(rotary_in_order(x, None, SEGMENTS), arrange(x, 1))
+    parts = [(x[:, :16], 0), (x[:, 16:], 16)]
+    assert torch.equal(copy_in_order(parts, SEGMENTS), arrange(x, 1))
+    h = torch.randn(2, 80, 24, generator=gen).to(dtype)
+    plain, wrapped = torch.nn.Linear(24, 8), torch.nn.Sequential(torch.nn.Linear(24, 8))  # one GEMM a segment; whole
+    for linear, grad in ((plain, False), (torch.nn.Linear(24, 8, bias=False), False), (wrapped, False), (plain, True)):
+        linear = linear.to(dtype)
+        with torch.set_grad_enabled(grad):  # the end-to-end path runs without autograd (GEMMs with out=)
+            got = linear_in_order(linear, h, SEGMENTS)
+        torch.testing.assert_close(got, arrange(linear(h), 1), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["separate-qkv", "fused-qkv"])
+def test_processor_writes_k_and_v_in_the_offered_key_order(fused):
+    """Each layer's run gets K and V laid out in its order (q as given): un-arranged under a mask of the sequence
+    order they reproduce the model; handed on as given, they would not (a mask tells key positions apart)."""
+    model = fm.build_transformer(TINY, "cpu", torch.float32, seed=4)
+    if fused:
+        model.fuse_qkv_projections()
+    problem, inputs = _inputs("8x8")
+    assert problem.seq_len == 80
+    gen = torch.Generator().manual_seed(1)
+    masks = [(torch.rand(80, 80, generator=gen) < 0.5) | torch.eye(80, dtype=torch.bool)
+             for _ in range(TINY.num_attention_layers)]
+    masked = [lambda q, k, v, m=m: F.scaled_dot_product_attention(q, k, v, attn_mask=m) for m in masks]
+    expected = _forward(model, pr.method_processors(model, masked), inputs)
+    orders = [KeyOrder(SEGMENTS, run=lambda q, k, v, f=f: f(q, _unarranged(k, SEGMENTS), _unarranged(v, SEGMENTS)))
+              for f in masked]
+    got = _forward(model, pr.method_processors(model, masked, key_orders=orders), inputs)
+    _assert_close(got, expected, rtol=1e-5)
+    as_given = [KeyOrder(SEGMENTS, run=f) for f in masked]
+    wrong = _forward(model, pr.method_processors(model, masked, key_orders=as_given), inputs)
+    assert float((wrong - expected).norm() / expected.norm()) > 1e-2
 
 
 # ---- model building, inputs, sampling -----------------------------------------------------------------------

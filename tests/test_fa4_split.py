@@ -9,12 +9,15 @@ weights) changes rows and fails against the exact reference under the layout's o
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from baselines.fa4 import fa4_probe
+from baselines.base import KeyOrder
 from baselines.fa4_split import (SHORT_SEQ, TMA_PAGE, backend_of, key_tile, modes, page_size, paged_plan,
-                                 split_attention, split_plan)
+                                 split_attention, split_plan, tile_order)
 from baselines.problem import Problem
 from baselines.registry import MethodUnavailable, resolve
 from harness.measure.correctness import CorrectnessPolicy, check_correctness
@@ -170,8 +173,12 @@ def test_fa4_pieces_are_exact_on_the_gpu(pixels, tiles, layer, shared_rows, shar
     ("fused", "auto", "hilberta_fa4split_t16_fused", "T=16 (fused)"),
     ("auto", "paged", "hilberta_fa4split_t16_paged", "T=16 (paged KV)"),
     ("fused", "paged", "hilberta_fa4split_t16_fused_paged", "(fused) (paged KV)")])
-def test_the_modes_are_told_apart_in_names_and_labels(rows, keys, name, label_end):
-    method = resolve({"method": "hilberta_fa4split", "tiles": 16, "shared_rows": rows, "shared_keys": keys})
+@pytest.mark.parametrize("order", ["tiles", "given"])
+def test_the_modes_are_told_apart_in_names_and_labels(rows, keys, name, label_end, order):
+    method = resolve({"method": "hilberta_fa4split", "tiles": 16, "shared_rows": rows, "shared_keys": keys,
+                      "key_order": order})
+    if order == "given":
+        name, label_end = name + "_keys_given", label_end + " (keys as given end to end)"
     assert method.name == name and method.label.endswith(label_end)
 
 
@@ -210,3 +217,58 @@ def test_paged_keys_with_a_tma_block_equal_the_reference(layer):
     rows = torch.arange(0, layout.seq_len, 7)
     ref = reference_attention(q, k, v, mask=lambda r: layout.mask_rows(r, layer), rows=rows)
     assert relative_error(out[:, :, rows], ref) < 1e-5
+
+
+# ---- keys in tile order (offered to the end-to-end processor) -------------------------------------------------
+
+@pytest.mark.parametrize("layer", [0, 1, 2, 3])
+@pytest.mark.parametrize("dims", [d for d in LAYOUTS if d[2] or d[4]], ids=lambda d: "x".join(map(str, d)))
+def test_keys_in_tile_order_equal_the_reference(dims, layer):
+    """The paged call on K and V laid out in `tile_order` (the queries as given) is the layer's exact mask;
+    the same call on keys as given is not, where the layer is shifted."""
+    height, width, text, tiles, centre = dims
+    layout = HilbertLayout(height, width, text, tiles, centre_fraction=centre)
+    order = tile_order(layout, layer)
+    assert (order is None) == (layout.offset(layer) == 0 or tiles == 1)
+    plan = paged_plan(layout, layer, torch.device("cpu"), fused=True, keys_in_tile_order=True)
+    gen = torch.Generator().manual_seed(layer)
+    q, k, v = (torch.randn(1, 2, layout.seq_len, 16, generator=gen) for _ in range(3))
+    arrange = KeyOrder(order or ((0, layout.seq_len),), run=None).arrange
+    out = split_attention(fake_fwd, plan, q, arrange(k, 2), arrange(v, 2))
+    ref = reference_attention(q, k, v, mask=lambda rows: layout.mask_rows(rows, layer))
+    assert relative_error(out, ref) < 1e-5
+    if order is not None:
+        assert relative_error(split_attention(fake_fwd, plan, q, k, v), ref) > 1e-2
+
+
+@pytest.mark.parametrize("grid, tiles, as_given, in_tile_order", [
+    ((128, 128), 16, [192, 48, 96, 48], [192] * 4), ((256, 256), 16, [128, 192, 128, 192], [128] * 4)])
+def test_keys_in_tile_order_page_as_layer_zero_does(grid, tiles, as_given, in_tile_order):
+    """Flux at 2048x2048 T=16: pages of 48 (cp.async) at phases 1 and 3 as given (4096x4096: TMA pages); in tile
+    order every phase pages as phase 0, by TMA, and the shifted layers offer that order (segments that cover the keys
+    once)."""
+    layout = HilbertLayout(*grid, 512, tiles, centre_fraction=0.25)
+    assert [page_size(layout, layer) for layer in range(4)] == as_given
+    assert [page_size(layout, layer, keys_in_tile_order=True) for layer in range(4)] == in_tile_order
+    for layer in range(1, 4):
+        plan = paged_plan(layout, layer, torch.device("cpu"), fused=True, head_dim=128, keys_in_tile_order=True)
+        assert plan.paged.key_tile == in_tile_order[layer]
+        segments = tile_order(layout, layer)
+        covered = sorted(i for a, b in segments for i in range(a, b))
+        assert covered == list(range(layout.seq_len)) and segments[1][0] == layout.shared_tokens + layout.offset(layer)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pixels, tiles, layer", [((2048, 2048), 16, 1), ((2048, 2048), 16, 2), ((2048, 2048), 16, 3),
+                                                   ((2048, 2048), 4, 1)])
+def test_keys_in_tile_order_are_exact_on_the_gpu(pixels, tiles, layer):
+    """The offered order's own call in bf16, K and V laid out as the end-to-end processor writes them."""
+    if not fa4_probe(torch.device("cuda")):
+        pytest.skip(fa4_probe(torch.device("cuda")).reason)
+    method = resolve({"method": "hilberta_fa4split", "tiles": tiles})
+    prepared = method.prepare(Problem.from_pixels(*pixels, layer=layer), "cuda")
+    order = prepared.key_order
+    assert order is not None and prepared.extra["tile_order_key_block"] in (128, 192)
+    laid_out = dataclasses.replace(prepared, run=lambda q, k, v: order.run(q, order.arrange(k, 2), order.arrange(v, 2)))
+    result = check_correctness(laid_out, CorrectnessPolicy(all_rows_max_len=8192), "cuda", seed=layer)
+    assert result["passed"], result

@@ -33,6 +33,7 @@ class Contender:
     order: object | None = None  # processors.TokenOrder
     density: dict = field(default_factory=lambda: {"token": 1.0, "block": 1.0})
     setup_ms: dict = field(default_factory=dict)
+    ordered_layers: int = 0  # layers whose K and V the processors write in the method's key order
 
 
 def identity(method: Method | None) -> dict:
@@ -53,10 +54,15 @@ def reference_contender(model) -> Contender:
         else processors.method_processors(model, None, timer))
 
 
-def qkv_layout(contender_name: str, contiguous_qkv: bool) -> str:
-    if contender_name == REFERENCE or not contiguous_qkv:
-        return "[B, H, L, D] views of the [B, L, H, D] projections (as diffusers passes SDPA)"
-    return "contiguous [B, H, L, D] copies, timed with the attention"
+def qkv_layout(contender: Contender, contiguous_qkv: bool) -> str:
+    if contender.name == REFERENCE or not contiguous_qkv:
+        layout = "[B, H, L, D] views of the [B, L, H, D] projections (as diffusers passes SDPA)"
+    else:
+        layout = "contiguous [B, H, L, D] copies, timed with the attention"
+    if contender.ordered_layers:
+        layout += (f"; K and V of {contender.ordered_layers} layers written in the method's key order by RoPE's "
+                   "cast, the text-image concatenation and V's projection (one GEMM per segment)")
+    return layout
 
 
 def method_contender(method: Method, model, problem: Problem, device: torch.device,
@@ -65,14 +71,15 @@ def method_contender(method: Method, model, problem: Problem, device: torch.devi
     prepared = processors.prepare_layers(method, problem, device, len(processors.layer_names(model)))
     prepare_ms = (time.perf_counter() - start) * 1e3
     runs = [p.run for p in prepared]
+    key_orders = [p.key_order for p in prepared]
     setup_ms = {"prepare": prepare_ms}
     for p in prepared:
         for key, ms in p.setup_ms.items():
             setup_ms[key] = setup_ms.get(key, 0.0) + ms
     return Contender(
         name=method.name, backend=prepared[0].backend,
-        make_processors=lambda timer: processors.method_processors(model, runs, timer, contiguous_qkv),
+        make_processors=lambda timer: processors.method_processors(model, runs, timer, contiguous_qkv, key_orders),
         order=processors.TokenOrder.from_image_order(prepared[0].image_order, device),
         density={"token": statistics.fmean(p.token_density for p in prepared),
                  "block": statistics.fmean(p.block_density for p in prepared)},
-        setup_ms=setup_ms)
+        setup_ms=setup_ms, ordered_layers=sum(order is not None for order in key_orders))

@@ -169,7 +169,7 @@ def finish_contender(res: Resolution, contender: Contender, first: dict, step_sa
     share = _attention_share(res, contender)
     peak = torch.cuda.max_memory_allocated(device) if on_cuda(device) else None
     e2e = {"text_tokens": res.problem.text_tokens,
-           "qkv_layout": qkv_layout(contender.name, settings.contiguous_qkv),
+           "qkv_layout": qkv_layout(contender, settings.contiguous_qkv),
            **share,
            "step_timing": "interleaved with the other contenders of this resolution, one step each per round",
            "permutation": "latents + RoPE ids at entry, output at exit, once per forward"

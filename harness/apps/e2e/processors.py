@@ -3,10 +3,12 @@
 `MethodAttnProcessor` does what diffusers' ``FluxAttnProcessor`` (0.42) does — q/k/v projections, RMSNorm on
 q and k, the text stream projected separately and concatenated *first* in double blocks, RoPE with
 diffusers' ``apply_rotary_emb``, output split and projections — but hands q, k, v as ``[B, H, L, D]`` views
-(or contiguous copies, on request) to one attention function: a method's ``PreparedAttention.run`` for its layer, or PyTorch SDPA (the default,
-which is what diffusers' native backend calls). `method_processors` builds one processor per attention
-layer, keyed as ``model.set_attn_processor`` wants, each knowing its layer index counted over all blocks in
-module order (double blocks 0..N-1, then single blocks N..N+M-1).
+(or contiguous copies, on request) to one attention function: a method's ``PreparedAttention.run`` for its
+layer, or PyTorch SDPA (the default, which is what diffusers' native backend calls). Where the layer's method
+offers a key order (``PreparedAttention.key_order``), K and V are written in it by the ops that write them
+anyway (`harness.apps.e2e.key_order`) and go to the order's own ``run``. `method_processors` builds one
+processor per attention layer, keyed as ``model.set_attn_processor`` wants, each knowing its layer index
+counted over all blocks in module order (double blocks 0..N-1, then single blocks N..N+M-1).
 
 Methods with an ``image_order`` (HilbertA) run on the image tokens in their own order. `TokenOrder`
 permutes the packed latents *and* their RoPE ids once at the model's entry (the model computes RoPE from
@@ -15,7 +17,8 @@ stay first because the model concatenates them first. Everything between is per-
 changes. `AttentionTimer` brackets each attention call with CUDA events in an instrumented pass. `switch_processors`
 installs several contenders' processors at once behind a `Switch`, for step timing interleaved across them.
 Only public diffusers API is used (``set_attn_processor``, module attributes, ``apply_rotary_emb``);
-`_qkv_projections` restates the private helper diffusers' processor calls.
+`_qkv_projections` restates the private helper diffusers' processor calls (and `rotary_in_order` diffusers'
+``apply_rotary_emb``).
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
-from baselines.base import Method, PreparedAttention
+from baselines.base import KeyOrder, Method, PreparedAttention
 from baselines.problem import Problem
 from harness.apps.e2e.flux_model import FluxInputs
+from harness.apps.e2e.key_order import copy_in_order, linear_in_order, rotary_in_order
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 PROCESSOR_NAME = re.compile(r"(?P<single>single_)?transformer_blocks\.(?P<index>\d+)\.attn\.processor")
@@ -83,16 +87,18 @@ class AttentionTimer:
         return forwards
 
 
-def _qkv_projections(attn, hidden_states, encoder_hidden_states):
+def _qkv_projections(attn, hidden_states, encoder_hidden_states, value: bool = True):
     """q, k, v of the image (or joint) stream and of the text stream (None in single blocks).
 
     Mirrors diffusers' private ``_get_qkv_projections`` through the modules' public attributes, fused
-    projections (``fuse_qkv_projections()``) included.
+    projections (``fuse_qkv_projections()``) included. ``value=False``: v of the image stream is left to the
+    caller (None) where it has a projection of its own.
     """
     if getattr(attn, "fused_projections", False):
         query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
     else:
-        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        query, key = attn.to_q(hidden_states), attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states) if value else None
     text = (None, None, None)
     if encoder_hidden_states is not None and attn.added_kv_proj_dim is not None:
         if getattr(attn, "fused_projections", False):
@@ -108,15 +114,17 @@ class MethodAttnProcessor:
 
     q, k, v reach the attention function as ``[B, H, L, D]`` views of the ``[B, L, H, D]`` projections, as
     diffusers hands them to SDPA; with ``contiguous_qkv`` they are copied to contiguous tensors first (some
-    kernels take a faster path then), and the copies count as attention time.
+    kernels take a faster path then), and the copies count as attention time. With a ``key_order``, K and V
+    are written in that order (RoPE's cast, the concatenation, V's projection) and its ``run`` attends.
     """
 
     def __init__(self, layer: int, attention: AttentionFn = sdpa_attention, timer: AttentionTimer | None = None,
-                 contiguous_qkv: bool = False):
+                 contiguous_qkv: bool = False, key_order: KeyOrder | None = None):
         self.layer = layer
-        self.attention = attention
+        self.attention = attention if key_order is None else key_order.run
         self.timer = timer
         self.contiguous_qkv = contiguous_qkv
+        self.key_order = key_order
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.contiguous_qkv:
@@ -128,19 +136,30 @@ class MethodAttnProcessor:
                  image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if attention_mask is not None:
             raise ValueError("MethodAttnProcessor does not take an attention mask (Flux passes none)")
-        (query, key, value), (text_q, text_k, text_v) = _qkv_projections(attn, hidden_states, encoder_hidden_states)
+        order = None if self.key_order is None else self.key_order.segments
+        (query, key, value), (text_q, text_k, text_v) = _qkv_projections(
+            attn, hidden_states, encoder_hidden_states, value=order is None or encoder_hidden_states is not None)
 
         # [B, L, inner] -> [B, L, heads, head_dim]
-        query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
-        key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
-        value = value.unflatten(-1, (-1, attn.head_dim))
+        heads = lambda x: x.unflatten(-1, (-1, attn.head_dim))  # noqa: E731
+        query = attn.norm_q(heads(query))
+        key = attn.norm_k(heads(key))
         if text_q is not None:
             # double block: the text stream has its own projections and norms and goes first
-            query = torch.cat([attn.norm_added_q(text_q.unflatten(-1, (-1, attn.head_dim))), query], dim=1)
-            key = torch.cat([attn.norm_added_k(text_k.unflatten(-1, (-1, attn.head_dim))), key], dim=1)
-            value = torch.cat([text_v.unflatten(-1, (-1, attn.head_dim)), value], dim=1)
+            query = torch.cat([attn.norm_added_q(heads(text_q)), query], dim=1)
+            key = torch.cat([attn.norm_added_k(heads(text_k)), key], dim=1)
+            value = (torch.cat([heads(text_v), heads(value)], dim=1) if order is None
+                     else copy_in_order([(heads(text_v), 0), (heads(value), text_v.shape[1])], order))
+        elif order is not None:  # single block: V's projection writes it in order (or its output is copied)
+            value = heads(linear_in_order(attn.to_v, hidden_states, order) if value is None
+                          else copy_in_order([(value, 0)], order))
+        else:
+            value = heads(value)
         if image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+        if order is not None:
+            key = rotary_in_order(key, image_rotary_emb, order)
+        elif image_rotary_emb is not None:
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
         q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # [B, H, L, D] views
@@ -179,14 +198,17 @@ def layer_names(model) -> dict[int, str]:
 
 
 def method_processors(model, attention_by_layer: Sequence[AttentionFn] | None = None,
-                      timer: AttentionTimer | None = None,
-                      contiguous_qkv: bool = False) -> dict[str, MethodAttnProcessor]:
-    """``{processor name: MethodAttnProcessor}`` for every layer; SDPA where ``attention_by_layer`` is None."""
+                      timer: AttentionTimer | None = None, contiguous_qkv: bool = False,
+                      key_orders: Sequence[KeyOrder | None] | None = None) -> dict[str, MethodAttnProcessor]:
+    """``{processor name: MethodAttnProcessor}`` for every layer; SDPA where ``attention_by_layer`` is None;
+    ``key_orders``: each layer's key order (or None), where the method offers them."""
     names = layer_names(model)
-    if attention_by_layer is not None and len(attention_by_layer) != len(names):
-        raise ValueError(f"{len(attention_by_layer)} attention functions for {len(names)} attention layers")
+    for given, what in ((attention_by_layer, "attention functions"), (key_orders, "key orders")):
+        if given is not None and len(given) != len(names):
+            raise ValueError(f"{len(given)} {what} for {len(names)} attention layers")
     return {name: MethodAttnProcessor(layer, sdpa_attention if attention_by_layer is None
-                                      else attention_by_layer[layer], timer, contiguous_qkv)
+                                      else attention_by_layer[layer], timer, contiguous_qkv,
+                                      None if key_orders is None else key_orders[layer])
             for layer, name in names.items()}
 
 
