@@ -86,6 +86,7 @@ NUMERIC_FIELDS: dict[str, tuple] = {
     "peak_memory_bytes": ("e2e", "peak_memory_bytes"),
     "output_diff_vs_dense": ("e2e", "output_rel_diff_vs_dense"),
     "steps": ("e2e", "steps"),
+    "key_order_layers": ("e2e", "key_order_layers"),
     # tuning rows (kind "tune"): the launch configuration that was timed
     "block_m": ("params", "block_m"),
     "block_n": ("params", "block_n"),

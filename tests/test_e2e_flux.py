@@ -256,6 +256,28 @@ def test_processor_writes_k_and_v_in_the_offered_key_order(fused):
     assert float((wrong - expected).norm() / expected.norm()) > 1e-2
 
 
+def test_a_contender_counts_and_names_the_layers_written_in_key_order(model):
+    """A method offering key orders at odd layers: the contender's processors get them there and its row says so."""
+    from baselines.base import Method, PreparedAttention
+    from harness.apps.e2e.contenders import method_contender, qkv_layout
+
+    def build(problem, device):
+        order = KeyOrder(SEGMENTS, run=pr.sdpa_attention) if problem.layer % 2 else None
+        return PreparedAttention(method="odd", problem=problem, backend="sdpa", run=pr.sdpa_attention,
+                                 image_order=None, mask_rows=None, allowed_pairs=problem.seq_len**2,
+                                 computed_pairs=problem.seq_len**2, key_order=order)
+
+    problem, _ = _inputs("8x8")
+    contender = method_contender(Method("odd", "odd", "dense", build=build), model, problem, torch.device("cpu"),
+                                 contiguous_qkv=False)
+    layers = TINY.num_attention_layers
+    assert contender.ordered_layers == layers // 2
+    processors = contender.make_processors(None)
+    assert [p.key_order is not None for p in processors.values()] == [
+        pr.layer_index(name, len(model.transformer_blocks)) % 2 == 1 for name in processors]
+    assert f"K and V of {layers // 2} layers written in the method's key order" in qkv_layout(contender, False)
+
+
 # ---- model building, inputs, sampling -----------------------------------------------------------------------
 
 def test_random_weights_cover_every_parameter(model):
@@ -382,6 +404,7 @@ def test_run_e2e_cases_writes_one_row_per_method():
         assert len(e2e["attention_ms_by_layer"]) == TINY.num_attention_layers
         assert e2e["denoise_ms"] > 0 and e2e["vae_decode_ms"] > 0 and e2e["steps"] == 1
         assert e2e["vae_decode_mode"] == "full"
+        assert e2e["key_order_layers"] == 0  # none of these offers a key order
         assert row["power"]["status"] == "unavailable"
         assert row["correctness"]["note"] == measure.OUTPUT_CHECK
     assert by_method["sdpa_math"]["e2e"]["output_rel_diff_vs_dense"] < 1e-5  # dense is dense

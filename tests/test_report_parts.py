@@ -331,3 +331,27 @@ def test_environment_shows_where_the_wall_time_went_per_group_and_card(tmp_path)
     assert "<dt>GPU 0: 2048x2048</dt>" in page and "<dt>GPU 1" not in page  # a card without a record: no line
     without = outline(page_of(tmp_path / "plain", "results_v2.json")).sections["environment"]["cells"]
     assert not any("startup" in cell for cell in without)
+
+
+def test_e2e_table_gives_each_step_against_the_fastest_dense_step_of_its_resolution(tmp_path):
+    """results_full: SDPA cuDNN is the only dense method; HilbertA 2048 534.33 ms against 887.96 -> 1.66x, 1024
+    158.91 against 184.89 -> 1.16x. With a faster dense row added at 2048 the ratio follows it, named."""
+    cells = outline(page_of(tmp_path / "a", "results_full.json")).sections["e2e"]["cells"]
+    speedups = [cell for cell in cells if "vs " in cell]
+    assert any(cell.startswith("1.66×") and cell.endswith("vs SDPA cuDNN") for cell in speedups), speedups
+    assert any(cell.startswith("1.16×") for cell in speedups) and any(cell.startswith("1.00×") for cell in speedups)
+
+    def faster_dense(results):
+        rows = [row for row in results["cases"] if row.get("case") == "2048x2048/e2e/sdpa_cudnn"]
+        twin = copy.deepcopy(rows[0])
+        twin.update(case="2048x2048/e2e/fa4_dense", method="fa4_dense", label="FA4 dense", median_ms=801.5,
+                    ci95_ms=[800.0, 803.0], samples_ms=[801.5] * 12)
+        twin["e2e"]["key_order_layers"] = 0
+        results["cases"].append(twin)
+        for row in results["cases"]:
+            if row.get("case") == "2048x2048/e2e/hilberta_t16":
+                row["e2e"]["key_order_layers"] = 42
+
+    section = outline(page_of(tmp_path / "b", "results_full.json", faster_dense)).sections["e2e"]
+    assert any(cell.startswith("1.50×") and cell.endswith("vs FA4 dense") for cell in section["cells"])
+    assert "42" in section["cells"]  # the layers whose K and V the processor wrote in the method's key order

@@ -170,6 +170,7 @@ def finish_contender(res: Resolution, contender: Contender, first: dict, step_sa
     peak = torch.cuda.max_memory_allocated(device) if on_cuda(device) else None
     e2e = {"text_tokens": res.problem.text_tokens,
            "qkv_layout": qkv_layout(contender, settings.contiguous_qkv),
+           "key_order_layers": contender.ordered_layers,
            **share,
            "step_timing": "interleaved with the other contenders of this resolution, one step each per round",
            "permutation": "latents + RoPE ids at entry, output at exit, once per forward"
