@@ -12,8 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-# When this process first imported the harness (before torch): a run's start-up cost is counted from here
+# When this process first imported the harness (before torch): a run's start-up cost is counted from here. A warm
+# worker (`harness.core.spread.serve`) sets it to when each run was asked of it: its start-up is that run's.
 PROCESS_START_S = time.time()
+# The environment as the process got it, before any module set its own defaults (a warm worker serves only runs
+# started with the same: `harness.core.spread.warm.fingerprint`)
+STARTING_ENVIRON = dict(os.environ)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the checkout (suites/, kernels/configs/, results/)
 
 

@@ -136,33 +136,23 @@ def _build_report(results_dir, compare_dir=None, verdict=None) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     methods, resolutions = _names(args.methods, "--methods"), _names(args.resolutions, "--resolutions")
-    pool = None
-    if args.gpus > 1:  # problem groups spread over the host's GPUs (issue #17): the workers start first, so
-        # their start-up (torch, CUDA, the engines' probes) runs while this process imports torch and checks
-        from harness.core.spread.pool import Selection, start_workers
-
-        selection = Selection(args.suite, methods, resolutions, args.quick, e2e_runner="harness.apps.e2e:run_e2e_cases")
-        pool = start_workers(selection, args.gpus, args.out)
-    try:
+    if args.gpus is not None and args.gpus < 1:
+        raise BadInput(f"--gpus must be at least 1, got {args.gpus}")
+    if args.gpus is None and args.device is None and _warm_worker_on_card0():
+        args.gpus = 1  # `python -m harness serve` is keeping card 0 warm: the run goes to it
+    if args.gpus is not None and (args.gpus > 1 or _warm_worker_on_card0()):
+        out_dir = _run_spread(args, methods, resolutions)
+    else:
         suite, device, run_e2e = _checked_run(args, methods, resolutions)
-    except BaseException:
-        if pool is not None:
-            pool.close()
-        raise
+        from harness.core.runner import run_suite
 
-    from harness.core.results import load_results
-    from harness.core.runner import exit_status, print_summary, run_suite
-
-    try:
-        if pool is not None:
-            from harness.core.spread.run import run_spread
-
-            out_dir = run_spread(selection, args.gpus, args.out, pool=pool)
-        else:
-            out_dir = run_suite(suite, args.out, device=device, progress=not args.no_progress, e2e=run_e2e)
-    except KeyboardInterrupt:
-        print("\ninterrupted: the results file holds the cases finished so far (complete: false)", file=sys.stderr)
+        out_dir = _interruptible(lambda: run_suite(suite, args.out, device=device, progress=not args.no_progress,
+                                                   e2e=run_e2e))
+    if out_dir is None:
         return 130
+    from harness.core.results import load_results
+    from harness.core.runner import exit_status, print_summary
+
     results = load_results(out_dir)
     print_summary(results, out_dir)
     code = exit_status(results)
@@ -171,8 +161,52 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
-def _checked_run(args: argparse.Namespace, methods, resolutions):
-    """The suite selection, the device and the [e2e] runner of ``run``, with its input checked (BadInput)."""
+def _warm_worker_on_card0() -> bool:
+    """Whether a warm worker answers on card 0 (`python -m harness serve`; a busy one counts: the run is then
+    refused rather than timed beside another)."""
+    from harness.core.spread.pool import card_label
+    from harness.core.spread.warm import ping
+
+    return ping(card_label(0)).reply is not None
+
+
+def _run_spread(args: argparse.Namespace, methods, resolutions):
+    """``run --gpus N`` (issue #17): the workers start and get their work before this process imports torch,
+    which it then does to check the input while they run (a refusal stops them: `run_spread`)."""
+    from harness.core.spread.pool import Selection, start_workers
+
+    selection = Selection(args.suite, methods, resolutions, args.quick, e2e_runner="harness.apps.e2e:run_e2e_cases")
+    pool = start_workers(selection, args.gpus, args.out)
+    try:
+        pool.hand_out(selection, args.out, "cuda:0")
+    except BaseException:
+        pool.close()
+        raise
+
+    def check():
+        from harness.core.spread.run import check_cards
+
+        suite = _checked_run(args, methods, resolutions, in_process=False)[0]
+        check_cards(range(args.gpus), "cuda")
+        return suite
+
+    from harness.core.spread.run import run_spread
+
+    return _interruptible(lambda: run_spread(selection, args.gpus, args.out, pool=pool, check=check))
+
+
+def _interruptible(run: Callable[[], object]):
+    """``run()``'s results directory, or None after Ctrl-C (said on stderr)."""
+    try:
+        return run()
+    except KeyboardInterrupt:
+        print("\ninterrupted: the results file holds the cases finished so far (complete: false)", file=sys.stderr)
+        return None
+
+
+def _checked_run(args: argparse.Namespace, methods, resolutions, in_process: bool = True):
+    """The suite selection, the device and the [e2e] runner of ``run`` (``in_process``: this process runs it),
+    with its input checked (BadInput)."""
     from harness.core.memory import absurd_problems
     from harness.core.runner import optional
 
@@ -185,8 +219,19 @@ def _checked_run(args: argparse.Namespace, methods, resolutions):
     absurd = absurd_problems(suite.problems(), device)
     if absurd:
         raise BadInput(absurd)
-    run_e2e = optional("harness.apps.e2e", "run_e2e_cases")[0] if "e2e" in suite.metrics and args.gpus <= 1 else None
+    run_e2e = optional("harness.apps.e2e", "run_e2e_cases")[0] if "e2e" in suite.metrics and in_process else None
     return suite, device, run_e2e
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from harness.core.spread.serve import host_cards, serve_command
+
+    count = args.gpus if args.gpus is not None else host_cards()
+    if count < 1:
+        raise BadInput("serve: no GPU on this host (pass --gpus N to name the cards)" if args.gpus is None
+                       else f"--gpus must be at least 1, got {args.gpus}")
+    action = "status" if args.status else "stop" if args.stop else "start"
+    return serve_command(list(range(count)), action, idle_s=args.idle_minutes * 60)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -260,12 +305,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--resolutions", nargs="+", metavar="WxH", help="replace the suite's resolutions (pixels)")
     p.add_argument("--quick", action="store_true", help="short timing budgets: a look, not numbers to quote")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--gpus", type=int, default=1, metavar="N",
+    p.add_argument("--gpus", type=int, metavar="N",
                    help="spread the problem groups (split by layer where that balances better) over N GPUs of this "
-                        "host: one worker per GPU, one results.json")
+                        "host: one worker per GPU (the card's warm worker while `serve` runs), one results.json "
+                        "(default: this process, or card 0's warm worker while `serve` runs)")
     p.add_argument("--report", action="store_true", help="write the HTML report at the end and print its path")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("serve", help="keep a warm worker on each GPU: later runs skip the start-up (10-15 s a process)")
+    p.add_argument("--gpus", type=int, metavar="N", help="cards 0..N-1 (default: every card this host shows)")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--status", action="store_true", help="say which cards have a warm worker and its state")
+    action.add_argument("--stop", action="store_true", help="stop the warm workers")
+    p.add_argument("--idle-minutes", type=float, default=60.0, help="a warm worker exits after this long without a run")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("report", help="turn a results directory into a self-contained HTML report")
     p.add_argument("results_dir")

@@ -320,8 +320,10 @@ def test_environment_shows_where_the_wall_time_went_per_group_and_card(tmp_path)
 
     def with_wall(results):
         results["wall"] = {"startup_s": 4.2, "workers_s": 27.4, "merge_s": 0.1, "total_s": 31.6}
-        results["env"]["spread"] = {"gpus": 2, "cards": [{"index": 0, "wall": card_wall, "started_s": 0.2,
-                                                                "exited_s": 27.5}, {"index": 1, "wall": None}]}
+        results["env"]["spread"] = {"gpus": 3, "cards": [{"index": 0, "wall": card_wall, "started_s": 0.2,
+                                                                "exited_s": 27.5}, {"index": 1, "wall": None},
+                                                               {"index": 2, "wall": card_wall, "warm": {
+                                                                   "pid": 4242, "runs": 3, "up_s": 125.0}}]}
 
     page = page_of(tmp_path, "results_v2.json", with_wall)
     cells = outline(page).sections["environment"]["cells"]
@@ -329,6 +331,9 @@ def test_environment_shows_where_the_wall_time_went_per_group_and_card(tmp_path)
     assert ("startup 3.60 s, ceilings 800 ms, total 24.8 s (on the parent's clock: started 200 ms, exited 27.5 s)"
             in cells) and "prepare 12.8 s, timing 6.70 s" in cells
     assert "<dt>GPU 0: 2048x2048</dt>" in page and "<dt>GPU 1" not in page  # a card without a record: no line
+    warm = [cell for cell in cells if "warm worker" in cell]  # only the card a warm worker ran says so
+    assert warm == ["startup 3.60 s, ceilings 800 ms, total 24.8 s; a warm worker (pid 4242, up 125 s, "
+                    "3 run(s) before this)"]
     without = outline(page_of(tmp_path / "plain", "results_v2.json")).sections["environment"]["cells"]
     assert not any("startup" in cell for cell in without)
 

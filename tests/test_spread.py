@@ -202,13 +202,14 @@ def test_the_e2e_table_is_one_more_unit_run_by_one_worker(tmp_path):
     assert spread.E2E_GROUP in plan.costs and len(plan.costs) == 5
     holders = [units for units in plan.assignment if spread.E2E_GROUP in units]
     assert len(holders) == 1
-    selection = spread.Selection(str(path))
-    payload = spread.worker_payload(selection, plan, holders[0], tmp_path / "gpu0", "cuda:0")
-    assert payload["e2e"] is True and "e2e" in spread.worker_suite(payload, selection.load()).metrics
-    assert all(part[0] != spread.E2E_GROUP for part in payload["parts"])
-    for units in (u for u in plan.assignment if u not in holders):
-        other = spread.worker_payload(selection, plan, units, tmp_path, "cpu")
-        assert other["e2e"] is False and "e2e" not in spread.worker_suite(other, selection.load()).metrics
+    suite = spread.Selection(str(path)).load()
+    for position, units in enumerate(plan.assignment):  # each worker's own plan gives it the same units
+        payload = spread.worker_payload(3, position, tmp_path / f"gpu{position}", "cpu")
+        assert spread.worker_units(suite, payload) == (plan, units)
+        mine = spread.worker_suite(suite, plan, units)
+        assert ("e2e" in mine.metrics) is (units is holders[0])
+        assert {case.problem.resolution for case in mine.cases()} == {
+            unit for unit in units if unit != spread.E2E_GROUP}
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a host without CUDA")
@@ -216,28 +217,40 @@ def test_the_e2e_table_is_one_more_unit_run_by_one_worker(tmp_path):
     ([], "--gpus 2: this host has 0 CUDA device(s)"),
     (["--methods", "no_such_method"], "no_such_method"),
 ], ids=["too-few-cards", "unknown-method"])
-def test_refused_input_is_one_line_exit_2_and_leaves_no_worker_behind(suite_path, tmp_path, capsys, extra, message):
+@pytest.mark.parametrize("existing", [False, True], ids=["new-out", "existing-out"])
+def test_refused_input_is_one_line_exit_2_and_leaves_no_worker_behind(suite_path, tmp_path, capsys, extra, message,
+                                                                      existing):
     from harness.cli import main
 
-    assert main(["run", str(suite_path), "--gpus", "2", "--out", str(tmp_path / "run"), *extra]) == 2
+    out = tmp_path / "run"
+    if existing:  # an empty directory given with --out: it stays, empty
+        out.mkdir()
+    assert main(["run", str(suite_path), "--gpus", "2", "--out", str(out), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
-    assert not (tmp_path / "run").exists()  # refused before claiming the directory
-    assert list(tmp_path.glob(".spread-*")) == []  # the workers started first were released, their logs removed
+    assert (list(out.iterdir()) == []) if existing else not out.exists()  # what the run claimed is gone
+    assert list(tmp_path.glob(".spread-*")) == []  # with the workers' logs
 
 
 def test_the_workers_start_before_the_parent_imports_torch(suite_path, tmp_path):
-    """``run --gpus N`` starts its workers first: their start-up overlaps the parent's torch import."""
+    """``run --gpus N`` starts its workers and hands them their work first: their start-up and their run overlap
+    the parent's torch import (a warm worker starts its run at once)."""
     spy = ("import sys\n"
            "import harness.core.spread.pool as pool\n"
+           "real = pool.start_workers\n"
            "def start_workers(*args, **kwargs):\n"
            "    print('torch imported:', 'torch' in sys.modules)\n"
+           "    return real(*args, **kwargs)\n"
+           "def hand_out(self, *args):\n"
+           "    print('torch imported:', 'torch' in sys.modules)\n"
+           "    self.close()\n"
            "    raise SystemExit(0)\n"
            "pool.start_workers = start_workers\n"
+           "pool.Pool.hand_out = hand_out\n"
            "from harness.cli import main\n"
            f"main(['run', {str(suite_path)!r}, '--gpus', '2', '--out', {str(tmp_path / 'run')!r}])\n")
     done = subprocess.run([sys.executable, "-c", spy], capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "torch imported: False", done.stderr
+    assert done.stdout.split() == ["torch", "imported:", "False"] * 2, done.stderr  # started, then handed out
 
 
 def test_the_warm_up_times_each_methods_probe_and_the_log_line_names_the_slow_ones(suite_path, tmp_path):
@@ -259,7 +272,7 @@ def test_a_card_without_units_is_released_and_the_run_is_complete(tmp_path, suit
     cards = results["env"]["spread"]["cards"]
     assert results["complete"] is True and len(cards) == 2  # the third card had nothing to run
     assert len({row["device_index"] for row in results["cases"]}) == 2
-    assert "released without work" in (out / "gpu2.log").read_text()
+    assert "units: none" in (out / "gpu2.log").read_text()
     assert not (out / "gpu2").exists()
     assert list(tmp_path.glob(".spread-*")) == []  # every log moved into the run directory
 

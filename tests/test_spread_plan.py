@@ -54,22 +54,24 @@ def test_assign_rejects_no_worker():
 SUITES = ["bench-ci", "bench-2048"]
 
 
-def _worker_cases(name: str, gpus: int) -> tuple[spread.Plan, list[list]]:
-    """The plan, and per card the cases its worker would run (payload -> worker_suite -> cases)."""
-    selection = spread.Selection(name)
-    suite = selection.load()
-    plan = spread.spread_plan(suite, gpus)
+def _worker_cases(name: str, gpus: int, first_calls: bool = True) -> tuple[spread.Plan, list[list]]:
+    """The parent's plan, and per card the cases its worker would run (payload -> its own plan -> cases)."""
+    suite = spread.Selection(name).load()
+    plan = spread.spread_plan(suite, gpus, first_calls)
     per_card = []
-    for units in plan.assignment:
-        payload = spread.worker_payload(selection, plan, units, Path("gpu"), "cpu")
-        per_card.append(spread.worker_suite(payload, suite).cases() if units else [])
+    for position in range(gpus):
+        payload = spread.worker_payload(gpus, position, Path("gpu"), "cpu", first_calls)
+        own, units = spread.worker_units(suite, payload)
+        assert own == plan  # the worker's plan is the parent's
+        per_card.append(spread.worker_suite(suite, own, units).cases() if units else [])
     return plan, per_card
 
 
+@pytest.mark.parametrize("first_calls", [True, False], ids=["fresh", "warm"])
 @pytest.mark.parametrize("gpus", [1, 2, 3, 4])
 @pytest.mark.parametrize("name", SUITES)
-def test_every_case_lands_on_exactly_one_card_with_its_twin_and_its_sub_group(name, gpus):
-    plan, per_card = _worker_cases(name, gpus)
+def test_every_case_lands_on_exactly_one_card_with_its_twin_and_its_sub_group(name, gpus, first_calls):
+    plan, per_card = _worker_cases(name, gpus, first_calls)
     expected = [case.case_id for case in load_suite(name).cases()]
     ran = Counter(case.case_id for cases in per_card for case in cases)
     assert sorted(ran.elements()) == sorted(expected)  # each case once, none added
@@ -114,13 +116,25 @@ def _one_card_s(suite) -> float:
 
 
 def test_bench_ci_on_two_cards_keeps_whole_groups_and_at_most_0_6_of_one():
-    """Warm caches: 2048 alone on one card, 1536x1024 and 1024 on the other; no group loses its anchor."""
+    """Fresh workers: 2048 alone on one card, 1536x1024 and 1024 on the other; no group loses its anchor."""
     suite = load_suite("bench-ci")
     two = spread.spread_plan(suite, 2)
     assert not two.split and two.unanchored() == []
     assert sorted(map(sorted, two.assignment)) == [["1024x1024", "1536x1024"], ["2048x2048"]]
     assert max(two.loads) <= 0.6 * _one_card_s(suite)
     assert max(spread.spread_plan(suite, 3).loads) < max(two.loads)  # a third card still helps
+
+
+def test_warm_workers_pay_no_first_calls_so_bench_ci_splits_2048_by_layer():
+    """Without first calls 2048's layer 0 alone is half the suite: its layer 1 goes to the other card."""
+    suite = load_suite("bench-ci")
+    cold, warm = spread.spread_plan(suite, 2), spread.spread_plan(suite, 2, first_calls=False)
+    assert sum(warm.costs.values()) < sum(cold.costs.values())
+    assert warm.split and not warm.first_calls and warm.describe()["first_calls_counted"] is False
+    card = {u: i for i, units in enumerate(warm.assignment) for u in units}
+    assert card["2048x2048/layer1"] != card["2048x2048/layer0"]
+    assert "2048x2048/layer1" in warm.unanchored()
+    assert max(warm.loads) <= 0.55 * sum(spread.spread_plan(suite, 1, first_calls=False).loads)
 
 
 def test_one_heavy_group_is_split_by_layer_and_its_other_layers_named_unanchored():

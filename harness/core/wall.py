@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from harness import PROCESS_START_S
+import harness
 
 
 class WallClock:
@@ -20,7 +20,7 @@ class WallClock:
 
     def __init__(self) -> None:
         self.started_s = time.time()
-        self.startup_s = self.started_s - PROCESS_START_S  # imports, CUDA, probes: before the run began
+        self.startup_s = self.started_s - harness.PROCESS_START_S  # imports, CUDA, probes: before the run began
         self.stages: dict[str, float] = {}
         self.groups: dict[str, dict[str, float]] = {}
 
@@ -38,7 +38,7 @@ class WallClock:
         groups = {group: {key: round(value, 3) for key, value in phases.items()}
                   for group, phases in self.groups.items()}
         return {"startup_s": round(self.startup_s, 3), **rounded, "groups": groups,
-                "total_s": round(time.time() - PROCESS_START_S, 3)}
+                "total_s": round(time.time() - harness.PROCESS_START_S, 3)}
 
 
 def wall_line(wall: dict) -> str:

@@ -36,7 +36,10 @@ def _wall(run: Run) -> Definitions | None:
         if isinstance(card.get("wall"), dict):
             span = {key: card[key] for key in ("started_s", "exited_s") if isinstance(card.get(key), (int, float))}
             parent = f" (on the parent's clock: {_seconds(span)})" if span else ""
-            items.append((f"GPU {card.get('index')}", _seconds(card["wall"]) + parent))
+            warm = card.get("warm") if isinstance(card.get("warm"), dict) else None
+            worker = (f"; a warm worker (pid {warm.get('pid')}, up {fmt_duration(1e3 * warm.get('up_s', 0))}, "
+                      f"{warm.get('runs', 0)} run(s) before this)" if warm else "")
+            items.append((f"GPU {card.get('index')}", _seconds(card["wall"]) + parent + worker))
             items += [(f"GPU {card.get('index')}: {group}", _seconds(phases))
                       for group, phases in (card["wall"].get("groups") or {}).items()]
     return Definitions(items, caption="Where the run's wall time went (start-up counts from the process's start)")

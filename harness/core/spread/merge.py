@@ -115,6 +115,7 @@ def merge_workers(suite: Suite, workers: list[Worker], run_id: str, plan: Plan) 
         card = {"index": worker.index, "name": env.get("gpu_name"), "uuid": env.get("gpu_uuid")}
         cards.append({**card, "units": worker.units, "estimated_s": sum(plan.costs[u] for u in worker.units),
                       "exit_code": worker.returncode, "started_s": worker.started_s, "exited_s": worker.exited_s,
+                      "warm": worker.warm,
                       "directory": worker.directory.name, "log": worker.log.name,
                       "complete": bool(results and results.get("complete")),
                       "ceilings": (results or {}).get("ceilings"), "wall": (results or {}).get("wall")})

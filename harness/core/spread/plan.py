@@ -14,14 +14,18 @@ The rule (`spread_plan`), deterministic for a suite and a card count:
    anchor on one card and its cases are timed beside other neighbours, which is worth it only for a real gain.
 
 The cost model (`unit_cost_s`), in rough seconds, for a machine whose compile caches are warm (the plan
-balances the runs that repeat, e.g. CI): per case a fixed setup (prepare, first call, correctness check)
-and its timing, which ends at max_samples calls or at the budget, whichever comes first, but never before
-min_samples calls (a call costs dense attention at an H100's rate plus the harness's own per-call cost);
-plus, per unit, the first call of each method in it. Measured on an H200 (bench-ci, wall record and
-``setup_ms``, 2026-11-28): Triton, cuDNN and FA4 load their kernels from the on-disk caches (FA4's is
-switched on by `baselines.fa4`: a few ms), Flex traces again in every process (0.2-0.4 s per shape, more
-for the first); what every process pays once (imports, CUDA, probes: 10-15 s) is not the plan's to
-balance. A cold machine compiles FA4 once per mask (6-9 s) on its first run. The suites run the dense methods at layer 0 only (`Suite.entry_layers`), so a layer > 0
+balances the runs that repeat, e.g. CI): per case a fixed setup (prepare, correctness check, metrics) and
+its timing, which ends at max_samples calls or at the budget, whichever comes first, but never before
+min_samples calls (a call costs its problem's dense FLOPs at an effective rate over a suite's methods, most
+of them sparse, plus the harness's own per-call cost: L2 flush, launch, events); plus, per unit, the first
+call of each method in it, unless the workers are warm (`harness.core.spread.warm`: every kernel in memory
+from their earlier runs; ``first_calls=False``). Calibrated on an H200 (bench-ci, wall records of warm
+workers, 2026-11-28: 1024x1024 0.52 ms a call, 1536x1024 0.79 ms, 2048x2048 at the 600 ms budget; prepare and
+metrics 0.04-0.08 s a case). Triton, cuDNN and FA4 load their kernels from the on-disk caches in a fresh
+process (FA4's is switched on by `baselines.fa4`: a few ms), Flex traces again in every process (0.2-0.4 s
+per shape); what every process pays once (imports, CUDA, probes: 10-15 s) is not the plan's to balance. A
+cold machine compiles FA4 once per mask (6-9 s) on its first run. The suites run the dense methods at layer
+0 only (`Suite.entry_layers`), so a layer > 0
 sub-group on another card than its layer 0 is timed without its resolution's dense anchor on its card (the
 gate then judges its cases on absolute time, saying why): `Plan.unanchored` names those units.
 """
@@ -35,11 +39,11 @@ from harness.core.cases import CaseSpec, Suite
 from harness.measure.timing import TimingPolicy
 
 E2E_GROUP = "e2e"
-SETUP_S_PER_CASE = 0.1
-COMPILE_S = {"flex": 0.5}  # engine word in the family -> seconds of its first call, once per unit
+SETUP_S_PER_CASE = 0.06
+COMPILE_S = {"flex": 0.35}  # engine word in the family -> seconds of its first call, once per unit
 COMPILE_S_OTHER = 0.05
-ATTENTION_FLOPS_PER_S = 4e14
-CALL_OVERHEAD_S = 4e-4  # per timed call besides the kernel: L2 flush, launch, events (H200: 0.7 ms a call at 1024)
+ATTENTION_FLOPS_PER_S = 1e15  # dense FLOPs a second over a suite's method mix (H200; most methods sparse)
+CALL_OVERHEAD_S = 2.7e-4  # per timed call besides the kernel: L2 flush, launch, events (H200)
 SPLIT_GAIN = 0.9  # a split plan's busiest card must be estimated at most this fraction of the whole plan's
 E2E_COST_S = 120.0
 
@@ -74,10 +78,11 @@ def _compile(case: CaseSpec) -> tuple[str, float]:
     return case.method.name, seconds
 
 
-def unit_cost_s(unit: str, cases: list[CaseSpec], timing: dict) -> float:
+def unit_cost_s(unit: str, cases: list[CaseSpec], timing: dict, first_calls: bool = True) -> float:
     if unit == E2E_GROUP:
         return E2E_COST_S
-    return sum(case_cost_s(case, timing) for case in cases) + sum(dict(map(_compile, cases)).values())
+    timed = sum(case_cost_s(case, timing) for case in cases)
+    return timed + (sum(dict(map(_compile, cases)).values()) if first_calls else 0.0)
 
 
 def assign(costs: dict[str, float], workers: int) -> list[list[str]]:
@@ -101,6 +106,7 @@ class Plan:
     units: dict[str, list[CaseSpec]]
     costs: dict[str, float]
     assignment: list[list[str]]
+    first_calls: bool = True  # the costs count each method's first call per unit (fresh workers)
 
     @property
     def loads(self) -> list[float]:
@@ -123,20 +129,20 @@ class Plan:
     def describe(self) -> dict:
         """What ``env.spread`` records about the plan."""
         return {"unit": "resolution/layer" if self.split else "resolution", "estimated_cost_s": self.costs,
-                "unanchored": self.unanchored()}
+                "first_calls_counted": self.first_calls, "unanchored": self.unanchored()}
 
 
-def _plan(suite: Suite, workers: int, split: bool) -> Plan:
+def _plan(suite: Suite, workers: int, split: bool, first_calls: bool = True) -> Plan:
     units = units_of(suite, split)
-    costs = {unit: unit_cost_s(unit, cases, dict(suite.timing)) for unit, cases in units.items()}
-    return Plan(split, units, costs, assign(costs, workers))
+    costs = {unit: unit_cost_s(unit, cases, dict(suite.timing), first_calls) for unit, cases in units.items()}
+    return Plan(split, units, costs, assign(costs, workers), first_calls)
 
 
-def spread_plan(suite: Suite, workers: int) -> Plan:
+def spread_plan(suite: Suite, workers: int, first_calls: bool = True) -> Plan:
     """The plan by the module's rule: problem groups, or with N > 1 sub-groups when that is estimated
-    `SPLIT_GAIN` lighter on the busiest card."""
-    whole = _plan(suite, workers, split=False)
+    `SPLIT_GAIN` lighter on the busiest card. ``first_calls``: False when every worker is warm."""
+    whole = _plan(suite, workers, split=False, first_calls=first_calls)
     if workers < 2:
         return whole
-    finer = _plan(suite, workers, split=True)
+    finer = _plan(suite, workers, split=True, first_calls=first_calls)
     return finer if max(finer.loads) <= SPLIT_GAIN * max(whole.loads) else whole
