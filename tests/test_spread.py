@@ -74,7 +74,7 @@ def test_spread_run_merges_one_valid_results_file(tmp_path, suite_path, failing)
     if failing is None:  # every group's orders and case ids, keyed by resolution: nothing was split
         assert sorted(results["schedule_orders"]) == sorted(results["schedule"]["cases"]) == sorted(suite.resolutions)
     assert not list(out.glob(".*.tmp"))  # the atomic write left no temp file
-    assert set(results["wall"]) >= {"startup_s", "workers_s", "merge_s", "total_s"}
+    assert set(results["wall"]) >= {"startup_s", "check_s", "workers_s", "merge_s", "total_s"}
     assert results["wall"]["workers_s"] <= results["wall"]["total_s"]
     walls = [card["wall"] for card in cards]
     assert walls[0]["groups"] and (walls[1] is None) is (failing == 1)  # the dead worker never wrote its own

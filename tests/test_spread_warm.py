@@ -97,12 +97,16 @@ def test_a_busy_warm_worker_refuses_a_second_run_rather_than_time_beside_it(serv
     with pytest.raises(warm.CardBusy, match="card 0: its warm worker is busy with another run"):
         spread.start_workers(served, 2, tmp_path / "second", device="cpu")
     assert list(tmp_path.glob(".spread-*")) == []  # the refused run's logs are gone, its fresh worker released
+    assert warm.ping("0").why == "busy with a run"
+    assert warm.stop("0").startswith("busy with a run: not stopped")
     run.stdin.write("\n")  # no work for the first run either
     run.stdin.close()
     deadline = time.time() + 30
     while run.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert run.returncode == 0 and "released without work" in (tmp_path / "first.log").read_text()
+    # the requests its callers gave up on while it was busy are dropped, unanswered: it still serves
+    assert warm.ping("0").reply["runs"] == 1 and _run(served, tmp_path / "after")["complete"]
 
 
 def test_ctrl_c_cancels_the_warm_workers_run_and_leaves_it_warm(served, tmp_path):

@@ -136,7 +136,8 @@ def run_spread(selection: Selection, gpus: int | Sequence[int], out_dir: str | P
         pool.close()
         raise
     try:
-        suite = check() if check is not None else _default_check(selection, indices, device)
+        with wall.stage("check"):  # the workers run meanwhile: they have their payloads
+            suite = check() if check is not None else _default_check(selection, indices, device)
     except BaseException:
         pool.terminate()
         _unclaim(out_dir, pool.dir_existed)

@@ -64,7 +64,7 @@ def serve_command(indices: list[int], action: str, device: str = "cuda:0", idle_
         return 0
     if action == "stop":
         for index, card in cards:
-            echo(f"gpu{index}: {'stopped' if stop(card) else 'no warm worker'}")
+            echo(f"gpu{index}: {stop(card)}")
         return 0
     started: dict[str, tuple[int, subprocess.Popen, float]] = {}
     for index, card in cards:
@@ -144,8 +144,11 @@ class WarmWorker:
                 except KeyboardInterrupt:  # a cancel that came after its run had ended
                     continue
                 with conn:
-                    if self.handle(conn, path) == "exit":
-                        return 0
+                    try:
+                        if self.handle(conn, path) == "exit":
+                            return 0
+                    except OSError as exc:  # its client left before the answer: nothing to answer
+                        print(f"a client left early ({type(exc).__name__}: {exc})", flush=True)
         finally:
             path.unlink(missing_ok=True)
 
@@ -158,6 +161,8 @@ class WarmWorker:
             return None
         conn.settimeout(None)
         reply = lambda message: conn.sendall((json.dumps(message) + "\n").encode())  # noqa: E731
+        if time.time() - request.get("sent", 0) > HANDSHAKE_S:  # its sender gave up waiting (a run was on)
+            return None
         stale = stale_reason(self.fingerprint, request.get("fingerprint") or {}, self.defaults)
         if request.get("stop"):
             path.unlink(missing_ok=True)  # gone before the answer: a new worker may bind the path at once
@@ -165,8 +170,6 @@ class WarmWorker:
             return "exit"
         if request.get("ping"):
             reply({**self.state(), **({"stale": stale} if stale else {})})
-            return None
-        if time.time() - request.get("sent", 0) > HANDSHAKE_S:  # its sender gave up waiting (busy): not a run
             return None
         if stale:
             print(f"refused a run: {stale}; exiting", flush=True)

@@ -198,11 +198,13 @@ def ping(card: str) -> Answer:
     return Answer(card, reply)
 
 
-def stop(card: str) -> bool:
-    """Ask the warm worker on ``card`` to exit; True when one did."""
+def stop(card: str) -> str:
+    """Ask the warm worker on ``card`` to exit; says what happened."""
     try:
         sock, reply = _ask(socket_path(card), {"stop": True})
         sock.close()
+    except TimeoutError:
+        return "busy with a run: not stopped (ask again when the run has ended)"
     except (OSError, ValueError):
-        return False
-    return "stopped" in reply
+        return "no warm worker"
+    return "stopped" if "stopped" in reply else f"not stopped: {reply}"
