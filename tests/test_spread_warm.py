@@ -6,6 +6,7 @@ cancels its run and leaves it warm; ``run`` without ``--gpus`` goes to card 0's 
 from __future__ import annotations
 
 import json
+import stat
 import tempfile
 import time
 
@@ -144,3 +145,20 @@ def test_a_socket_left_by_a_dead_worker_means_a_fresh_worker(monkeypatch, tmp_pa
     run, why = warm.connect("0", {}, tmp_path / "log")
     assert run is None and "stale socket" in why
     assert json.loads(json.dumps(warm.ping("0").__dict__))["reply"] is None
+
+
+def test_the_runtime_folder_must_be_private_to_this_user(monkeypatch, tmp_path):
+    """A warm worker runs what comes on its socket: its folder is made 0700, and one anyone else could write
+    is refused with one line."""
+    base = tmp_path / "runtime"
+    monkeypatch.setenv("HILBERTA_RUNTIME_DIR", str(base))
+    folder = warm.private_dir(warm.runtime_dir())
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and stat.S_IMODE(base.stat().st_mode) == 0o700
+    base.chmod(0o777)
+    with pytest.raises(ValueError, match="is not a private directory of this user"):
+        warm.private_dir(warm.runtime_dir())
+
+
+def test_a_warm_workers_socket_is_its_users_alone(served):
+    path = warm.socket_path("0")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700

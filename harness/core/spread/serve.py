@@ -26,8 +26,8 @@ from pathlib import Path
 
 import harness
 from harness.core.spread.pool import Selection, card_env, card_label
-from harness.core.spread.warm import (ENV_PREFIXES, HANDSHAKE_S, fingerprint, ping, runtime_dir, socket_path,
-                                      stale_reason, stop)
+from harness.core.spread.warm import (ENV_PREFIXES, HANDSHAKE_S, fingerprint, ping, private_dir, runtime_dir,
+                                      same_user, socket_path, stale_reason, stop)
 
 
 # ---- python -m harness serve: start, status, stop ------------------------------------------------------------
@@ -43,8 +43,7 @@ def host_cards() -> int:
 def start(index: int, card: str, device: str, idle_s: float) -> subprocess.Popen:
     """Start the warm worker of card ``index`` (``card``: its CUDA_VISIBLE_DEVICES entry), detached, in the
     environment this process was started with (not the defaults its own imports may have added)."""
-    folder = runtime_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_dir(runtime_dir())
     with open(folder / f"gpu-{card}.log", "a") as log:
         return subprocess.Popen([sys.executable, "-m", "harness.core.spread.serve", card, device, str(idle_s),
                                  str(socket_path(card))],
@@ -127,10 +126,11 @@ class WarmWorker:
 
     def serve(self) -> int:
         path = self.path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         path.unlink(missing_ok=True)  # a socket left by a worker that died
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(path))
+        os.chmod(path, 0o600)
         listener.listen(8)
         listener.settimeout(self.idle_s)
         print(f"serving on {path}", flush=True)
@@ -153,6 +153,9 @@ class WarmWorker:
             path.unlink(missing_ok=True)
 
     def handle(self, conn: socket.socket, path: Path) -> str | None:
+        if not same_user(conn):  # the folder is private already; a run is code: never another user's
+            print("refused a connection from another user", flush=True)
+            return None
         conn.settimeout(HANDSHAKE_S)
         reader = conn.makefile("r")
         try:

@@ -30,6 +30,8 @@ import re
 import signal
 import site
 import socket
+import stat
+import struct
 import sys
 import tempfile
 import time
@@ -56,6 +58,24 @@ def runtime_dir(root: Path = PROJECT_ROOT) -> Path:
     """The folder of this checkout's warm workers: sockets and the workers' own logs."""
     base = Path(os.environ.get("HILBERTA_RUNTIME_DIR") or Path(tempfile.gettempdir()) / f"hilberta-bench-{os.getuid()}")
     return base / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` made (mode 0700) or checked: a directory of this user's that no one else may write or enter (a
+    warm worker runs what comes on its socket; another user must not reach it). ValueError, one line, if not."""
+    for folder in (path.parent, path):  # the per-user base and this checkout's folder in it
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = folder.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise ValueError(f"{folder} is not a private directory of this user (mode {stat.filemode(info.st_mode)}, "
+                             f"owner uid {info.st_uid}): warm workers need one; remove it or set HILBERTA_RUNTIME_DIR")
+    return path
+
+
+def same_user(conn: socket.socket) -> bool:
+    """Whether the process at the other end of a Unix socket runs as this user (SO_PEERCRED)."""
+    pid_uid_gid = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", pid_uid_gid)[1] == os.getuid()
 
 
 def socket_path(card: str) -> Path:
@@ -107,6 +127,8 @@ def _ask(path: Path, request: dict, timeout_s: float = HANDSHAKE_S) -> tuple[soc
     sock.settimeout(timeout_s)
     try:
         sock.connect(str(path))
+        if not same_user(sock):
+            raise ConnectionError(f"{path} is served by another user")
         sock.sendall((json.dumps({**request, "sent": time.time()}) + "\n").encode())
         reply = b""
         while not reply.endswith(b"\n"):
