@@ -3,6 +3,7 @@
     python -m harness list
     python -m harness run bench-2048 [--out DIR] [--methods hilberta,sdpa_cudnn] [--resolutions 2048x2048]
                                      [--quick] [--report]
+    python -m harness serve [--gpus N] [--status | --stop]   (warm workers: later runs skip the start-up)
     python -m harness report results/<run-id> [--compare results/<other-run>]
     python -m harness gate --reference A --candidate B      (harness.apps.gate.compare)
     python -m harness tune ...                              (harness.apps.tune)
