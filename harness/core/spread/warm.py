@@ -16,6 +16,8 @@ What keeps a warm worker honest:
 - A card whose warm worker is busy with another run is refused (`CardBusy`, one line), never timed beside it.
 - Ctrl-C in the run cancels the warm worker's run (SIGINT) and leaves the worker warm; a run that leaves
   CUDA in an error state ends the worker. After ``--idle-minutes`` (default 60) without a run it exits.
+- A run names code to import (an [e2e] runner): the workers' folder is private (0700, `private_dir`), the
+  socket 0600, and both ends check that the other runs as the same user (`same_user`).
 
 Sockets and the workers' own logs live in ``$HILBERTA_RUNTIME_DIR`` (default ``/tmp/hilberta-bench-<uid>``),
 one folder per checkout. Only the standard library is imported here: the parent has not imported torch.
