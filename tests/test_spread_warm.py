@@ -162,3 +162,13 @@ def test_the_runtime_folder_must_be_private_to_this_user(monkeypatch, tmp_path):
 def test_a_warm_workers_socket_is_its_users_alone(served):
     path = warm.socket_path("0")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_serve_replaces_a_warm_worker_that_serves_other_code(served, monkeypatch):
+    before = warm.ping("0").reply["pid"]
+    monkeypatch.setitem(harness.STARTING_ENVIRON, "TRITON_TEST_ONLY", "1")  # this process's runs differ now
+    assert "stale" in warm.ping("0").reply
+    lines = []
+    assert serve.serve_command([0], "start", device="cpu", idle_s=120, wait_s=60, echo=lines.append) == 0
+    after = warm.ping("0").reply
+    assert after["pid"] != before and "stale" not in after and lines[0].startswith("gpu0: warm in")

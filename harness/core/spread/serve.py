@@ -74,8 +74,11 @@ def serve_command(indices: list[int], action: str, device: str = "cuda:0", idle_
         if answer.reply is not None and not answer.reply.get("stale"):
             echo(f"gpu{index}: already warm ({_state(answer.reply)})")
             continue
-        if answer.reply is not None:  # stale: it exits on its own; start the new one once its socket is gone
-            stop(card)
+        if answer.reply is not None:  # it serves other code: replace it, unless a run took it meanwhile
+            stopped = stop(card)
+            if stopped != "stopped":
+                echo(f"gpu{index}: its warm worker serves other code and was not replaced: {stopped}")
+                continue
         started[card] = (index, start(index, card, device, idle_s), time.time())
     code = 0
     for card, (index, process, since) in started.items():
