@@ -139,9 +139,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     methods, resolutions = _names(args.methods, "--methods"), _names(args.resolutions, "--resolutions")
     if args.gpus is not None and args.gpus < 1:
         raise BadInput(f"--gpus must be at least 1, got {args.gpus}")
-    if args.gpus is None and args.device is None and _warm_worker_on_card0():
-        args.gpus = 1  # `python -m harness serve` is keeping card 0 warm: the run goes to it
-    if args.gpus is not None and (args.gpus > 1 or _warm_worker_on_card0()):
+    # one card: card 0's warm worker when `python -m harness serve` keeps one (and no --device says otherwise)
+    warm_card0 = args.gpus in (None, 1) and args.device is None and _warm_worker_on_card0()
+    if (args.gpus or 1) > 1 or warm_card0:
+        args.gpus = args.gpus or 1
         out_dir = _run_spread(args, methods, resolutions)
     else:
         suite, device, run_e2e = _checked_run(args, methods, resolutions)

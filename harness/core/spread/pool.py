@@ -222,14 +222,15 @@ def start_workers(selection: Selection, gpus: int | Sequence[int], out_dir: str 
     indices = card_indices(gpus)
     log_dir = Path(out_dir).resolve().parent if out_dir is not None else RESULTS_ROOT
     log_dir.mkdir(parents=True, exist_ok=True)
+    ask_warm = launcher is None
+    launcher = launcher or (lambda _worker: worker_command(selection, device))
     workers = []
     pool = Pool(workers)
     for index in indices:
         worker = Worker(index, log_dir / f".spread-{os.getpid()}-gpu{index}.log")
         worker.log.touch()
         try:
-            found, state = warm.connect(card_label(index), selection.__dict__, worker.log) if launcher is None \
-                else (None, "")
+            found, state = warm.connect(card_label(index), selection.__dict__, worker.log) if ask_warm else (None, "")
         except warm.CardBusy:
             worker.log.unlink(missing_ok=True)
             pool.close()
@@ -240,9 +241,8 @@ def start_workers(selection: Selection, gpus: int | Sequence[int], out_dir: str 
             with open(worker.log, "a") as log:
                 if state:  # a warm worker was there and could not take the run: say why in the card's log
                     print(f"fresh worker: {state}", file=log, flush=True)
-                worker.process = subprocess.Popen((launcher or (lambda _w: worker_command(selection, device)))(worker),
-                                                  stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                                                  env=card_env(index), text=True)
+                worker.process = subprocess.Popen(launcher(worker), stdin=subprocess.PIPE, stdout=log,
+                                                  stderr=subprocess.STDOUT, env=card_env(index), text=True)
         workers.append(worker)
         worker.started_s = _since_start()
     return pool

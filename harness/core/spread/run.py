@@ -119,8 +119,8 @@ def run_spread(selection: Selection, gpus: int | Sequence[int], out_dir: str | P
 
     ``pool``: the workers `start_workers` started already for these cards, maybe handed out already
     (`Pool.hand_out`: the command line does both before it imports torch); else both happen here.
-    ``check``: the parent's check of the input, returning the loaded suite (default: the cards exist, the
-    selection loads); it runs while the workers do, and a refusal stops them and removes what the run put
+    ``check``: the parent's check of the input, returning the loaded suite (default: the selection loads;
+    without a ``pool`` the cards are checked before any worker starts); it runs while the workers do, and a refusal stops them and removes what the run put
     in its directory. ``device`` is the torch device inside each worker (``cuda:0``: its one visible card;
     ``cpu`` in tests); ``launcher`` turns a worker into a command (default:
     `harness.core.spread.pool.worker_command`).
@@ -137,7 +137,7 @@ def run_spread(selection: Selection, gpus: int | Sequence[int], out_dir: str | P
         raise
     try:
         with wall.stage("check"):  # the workers run meanwhile: they have their payloads
-            suite = check() if check is not None else _default_check(selection, indices, device)
+            suite = check() if check is not None else selection.load()
     except BaseException:
         pool.terminate()
         _unclaim(out_dir, pool.dir_existed)
@@ -169,11 +169,6 @@ def run_spread(selection: Selection, gpus: int | Sequence[int], out_dir: str | P
     if interrupted:
         raise KeyboardInterrupt
     return out_dir
-
-
-def _default_check(selection: Selection, indices: Sequence[int], device: str) -> Suite:
-    check_cards(indices, device)
-    return selection.load()
 
 
 def serve_run(selection: Selection, device: str, read_line: Callable[[], str], warm: bool = False) -> int:

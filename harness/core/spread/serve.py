@@ -27,7 +27,7 @@ from pathlib import Path
 import harness
 from harness.core.spread.pool import Selection, card_env, card_label
 from harness.core.spread.warm import (ENV_PREFIXES, HANDSHAKE_S, fingerprint, ping, private_dir, runtime_dir,
-                                      same_user, socket_path, stale_reason, stop)
+                                      same_user, socket_path, stale_reason, stop, worker_log)
 
 
 # ---- python -m harness serve: start, status, stop ------------------------------------------------------------
@@ -43,8 +43,8 @@ def host_cards() -> int:
 def start(index: int, card: str, device: str, idle_s: float) -> subprocess.Popen:
     """Start the warm worker of card ``index`` (``card``: its CUDA_VISIBLE_DEVICES entry), detached, in the
     environment this process was started with (not the defaults its own imports may have added)."""
-    folder = private_dir(runtime_dir())
-    with open(folder / f"gpu-{card}.log", "a") as log:
+    private_dir(runtime_dir())
+    with open(worker_log(card), "a") as log:
         return subprocess.Popen([sys.executable, "-m", "harness.core.spread.serve", card, device, str(idle_s),
                                  str(socket_path(card))],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -86,11 +86,11 @@ def serve_command(indices: list[int], action: str, device: str = "cuda:0", idle_
             answer = ping(card)
             if answer.reply is not None and "pid" in answer.reply:
                 echo(f"gpu{index}: warm in {time.time() - since:.1f} s ({_state(answer.reply)}); "
-                     f"log {runtime_dir() / f'gpu-{card}.log'}")
+                     f"log {worker_log(card)}")
                 break
             if process.poll() is not None or time.time() - since > wait_s:
                 echo(f"gpu{index}: the warm worker did not start (exit code {process.poll()}); "
-                     f"see {runtime_dir() / f'gpu-{card}.log'}")
+                     f"see {worker_log(card)}")
                 code = 1
                 break
             time.sleep(0.2)

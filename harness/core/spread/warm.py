@@ -85,6 +85,11 @@ def socket_path(card: str) -> Path:
     return runtime_dir() / f"gpu-{re.sub(r'[^A-Za-z0-9-]', '_', card)}.sock"
 
 
+def worker_log(card: str) -> Path:
+    """The warm worker's own log (each run's output goes to that run's log)."""
+    return socket_path(card).with_suffix(".log")
+
+
 def fingerprint(root: Path = PROJECT_ROOT) -> dict:
     """What a warm worker must share with a run it serves: digests of the project's code and of the installed
     distributions, the interpreter, and the environment variables that change a run (by name) as the process
