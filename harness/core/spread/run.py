@@ -120,10 +120,10 @@ def run_spread(selection: Selection, gpus: int | Sequence[int], out_dir: str | P
     ``pool``: the workers `start_workers` started already for these cards, maybe handed out already
     (`Pool.hand_out`: the command line does both before it imports torch); else both happen here.
     ``check``: the parent's check of the input, returning the loaded suite (default: the selection loads;
-    without a ``pool`` the cards are checked before any worker starts); it runs while the workers do, and a refusal stops them and removes what the run put
-    in its directory. ``device`` is the torch device inside each worker (``cuda:0``: its one visible card;
-    ``cpu`` in tests); ``launcher`` turns a worker into a command (default:
-    `harness.core.spread.pool.worker_command`).
+    without a ``pool`` the cards are checked before any worker starts); it runs while the workers do, and a
+    refusal stops them and removes what the run put in its directory. ``device`` is the torch device inside
+    each worker (``cuda:0``: its one visible card; ``cpu`` in tests); ``launcher`` turns a worker into a
+    command (default: `harness.core.spread.pool.worker_command`).
     """
     wall = WallClock()
     indices = card_indices(gpus)

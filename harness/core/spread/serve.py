@@ -59,7 +59,8 @@ def serve_command(indices: list[int], action: str, device: str = "cuda:0", idle_
     if action == "status":
         for index, card in cards:
             answer = ping(card)
-            echo(f"gpu{index}: " + (answer.why if answer.reply is None or "busy" in answer.reply else _state(answer.reply)))
+            busy_or_gone = answer.reply is None or "busy" in answer.reply
+            echo(f"gpu{index}: " + (answer.why if busy_or_gone else _state(answer.reply)))
         return 0
     if action == "stop":
         for index, card in cards:

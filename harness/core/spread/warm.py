@@ -202,7 +202,8 @@ def connect(card: str, selection: dict, log: Path) -> tuple[WarmRun | None, dict
         return None, "no warm worker on this card (a stale socket: the worker is gone)"
     if "refused" in reply:
         sock.close()
-        return None, f"the warm worker on this card {'stopped' if reply.get('exits') else 'refused the run'}: {reply['refused']}"
+        what = "stopped" if reply.get("exits") else "refused the run"
+        return None, f"the warm worker on this card {what}: {reply['refused']}"
     return WarmRun(sock, reply), reply
 
 
